@@ -1,0 +1,135 @@
+package dataplane
+
+import "slices"
+
+// Endpoints is the result of Categorize: the endpoints a node forwards a
+// service port to, for each traffic policy.
+type Endpoints struct {
+	// Cluster is used by traffic under the Cluster policy (the default),
+	// after topology hints: nil when the port uses the Local policy for
+	// both internal and external traffic.
+	Cluster []Endpoint
+	// Local is used by traffic under the Local policy: only endpoints on
+	// this node. Nil when the port uses no Local policy.
+	Local []Endpoint
+	// Any reports whether the port has a usable endpoint anywhere in the
+	// cluster (ready, or serving and terminating). When it is false,
+	// traffic to the port is rejected; when it is true but the applicable
+	// list is empty, traffic is dropped, as kube-proxy does.
+	Any bool
+}
+
+// Internal returns the endpoints for traffic from inside the cluster to
+// the port's cluster IPs: Local under internalTrafficPolicy Local,
+// otherwise Cluster.
+func (e Endpoints) Internal(p *ServicePort) []Endpoint {
+	if p.InternalLocal {
+		return e.Local
+	}
+	return e.Cluster
+}
+
+// External returns the endpoints for traffic from outside the cluster (to
+// NodePorts, external and load-balancer IPs): Local under
+// externalTrafficPolicy Local, otherwise Cluster.
+func (e Endpoints) External(p *ServicePort) []Endpoint {
+	if p.ExternalLocal {
+		return e.Local
+	}
+	return e.Cluster
+}
+
+// Categorize picks which of p's endpoints node uses, by kube-proxy's rules:
+//
+//   - Usable endpoints are the ready ones; when none is ready, the ones
+//     that are serving and terminating. Endpoints neither ready nor
+//     serving-and-terminating are never used.
+//   - The fallback is decided separately for the Cluster policy (over all
+//     endpoints) and for the Local policy (over this node's endpoints).
+//   - Topology hints restrict Cluster endpoints: when every ready endpoint
+//     carries node hints and one names this node, only endpoints hinted for
+//     this node are used; otherwise, when every ready endpoint carries zone
+//     hints and one names this node's zone, only endpoints hinted for the
+//     zone are used; otherwise hints are ignored. Hints never apply to the
+//     Local policy or to the terminating fallback.
+//
+// The returned slices are in the order of p.Endpoints.
+func Categorize(p *ServicePort, node *Node) Endpoints {
+	var out Endpoints
+	if len(p.Endpoints) == 0 {
+		return out
+	}
+	usesCluster := !p.InternalLocal || !p.ExternalLocal
+	usesLocal := p.InternalLocal || p.ExternalLocal
+	if usesCluster {
+		hint := topologyHint(p.Endpoints, node)
+		out.Cluster = filter(p.Endpoints, func(e *Endpoint) bool { return e.Ready && hint(e) })
+		if len(out.Cluster) == 0 {
+			out.Cluster = filter(p.Endpoints, servingTerminating)
+		}
+		out.Any = len(out.Cluster) > 0
+		if out.Cluster == nil {
+			out.Cluster = []Endpoint{}
+		}
+	}
+	if usesLocal {
+		local := func(e *Endpoint) bool { return e.NodeName != "" && e.NodeName == node.Name }
+		for i := range p.Endpoints {
+			if e := &p.Endpoints[i]; e.Ready || servingTerminating(e) {
+				out.Any = true
+			}
+		}
+		out.Local = filter(p.Endpoints, func(e *Endpoint) bool { return local(e) && e.Ready })
+		if len(out.Local) == 0 {
+			out.Local = filter(p.Endpoints, func(e *Endpoint) bool { return local(e) && servingTerminating(e) })
+		}
+		if out.Local == nil {
+			out.Local = []Endpoint{}
+		}
+	}
+	return out
+}
+
+func servingTerminating(e *Endpoint) bool { return e.Serving && e.Terminating }
+
+// topologyHint returns the predicate topology hints impose on ready
+// endpoints for node: always true when hints do not apply.
+func topologyHint(eps []Endpoint, node *Node) func(*Endpoint) bool {
+	anyReady, allNode, forNode, allZone, forZone := false, true, false, true, false
+	for i := range eps {
+		e := &eps[i]
+		if !e.Ready {
+			continue
+		}
+		anyReady = true
+		if len(e.ForNodes) == 0 {
+			allNode = false
+		} else if slices.Contains(e.ForNodes, node.Name) {
+			forNode = true
+		}
+		if len(e.ForZones) == 0 {
+			allZone = false
+		} else if slices.Contains(e.ForZones, node.Zone) {
+			forZone = true
+		}
+	}
+	switch {
+	case !anyReady:
+		return func(*Endpoint) bool { return true }
+	case allNode && forNode && node.Name != "":
+		return func(e *Endpoint) bool { return slices.Contains(e.ForNodes, node.Name) }
+	case allZone && forZone && node.Zone != "":
+		return func(e *Endpoint) bool { return slices.Contains(e.ForZones, node.Zone) }
+	}
+	return func(*Endpoint) bool { return true }
+}
+
+func filter(eps []Endpoint, keep func(*Endpoint) bool) []Endpoint {
+	var out []Endpoint
+	for i := range eps {
+		if keep(&eps[i]) {
+			out = append(out, eps[i])
+		}
+	}
+	return out
+}

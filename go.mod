@@ -1,0 +1,3 @@
+module github.com/svcplane/svcplane
+
+go 1.26
