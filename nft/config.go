@@ -1,0 +1,172 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/svcplane/svcplane/dataplane"
+)
+
+// DefaultTable is the table name used when Config.Table is empty.
+const DefaultTable = "svcplane"
+
+// DefaultMasqueradeMark is the packet mark bit used when
+// Config.MasqueradeMark is 0. It is the bit kube-proxy uses.
+const DefaultMasqueradeMark = 0x4000
+
+// Config configures a Dataplane.
+type Config struct {
+	// Node describes the node being programmed.
+	Node dataplane.Node
+	// NetNS is the path of the network namespace to program, such as
+	// /run/netns/NAME or /proc/PID/ns/net. Empty means the caller's.
+	NetNS string
+	// Table is the name of the inet table the Dataplane owns. Empty means
+	// DefaultTable. Two Dataplanes in one namespace need different tables.
+	Table string
+	// MasqueradeMark is the single packet mark bit that flags a
+	// connection for masquerading. 0 means DefaultMasqueradeMark.
+	MasqueradeMark uint32
+}
+
+// Dataplane programs service load balancing into one nftables table.
+// It implements dataplane.Dataplane. Its methods are safe for concurrent
+// use; Syncs are serialised.
+type Dataplane struct {
+	mu    sync.Mutex
+	cfg   Config
+	nsFd  int // -1: the caller's namespace
+	conn  *nftables.Conn
+	table *nftables.Table
+	sets  []*nftables.Set // indexed by setID
+	st    *store          // what the kernel holds; nil: unknown, rebuild
+	svcs  map[dataplane.PortName]*svcState
+}
+
+var _ dataplane.Dataplane = (*Dataplane)(nil)
+
+// socket buffer sizes: large enough that the acks of a big batch never
+// overflow the receive buffer (which would report ENOBUFS for a batch the
+// kernel committed) and a batch of several MB fits in one send.
+const (
+	sendBuffer = 64 << 20
+	recvBuffer = 16 << 20
+)
+
+// New checks cfg, opens a netlink connection to the namespace and returns
+// a Dataplane. It changes nothing in the kernel; the first Sync does.
+func New(cfg Config) (*Dataplane, error) {
+	if cfg.Table == "" {
+		cfg.Table = DefaultTable
+	}
+	if cfg.MasqueradeMark == 0 {
+		cfg.MasqueradeMark = DefaultMasqueradeMark
+	}
+	if err := checkConfig(&cfg); err != nil {
+		return nil, err
+	}
+	d := &Dataplane{cfg: cfg, nsFd: -1}
+	if cfg.NetNS != "" {
+		fd, err := unix.Open(cfg.NetNS, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("nft: open network namespace: %w", &os.PathError{Op: "open", Path: cfg.NetNS, Err: err})
+		}
+		d.nsFd = fd
+	}
+	opts := []nftables.ConnOption{
+		nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *netlink.Conn) error {
+			if err := c.SetWriteBuffer(sendBuffer); err != nil {
+				return err
+			}
+			return c.SetReadBuffer(recvBuffer)
+		}),
+	}
+	if d.nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(d.nsFd))
+	}
+	conn, err := nftables.New(opts...)
+	if err != nil {
+		d.closeNS()
+		if errors.Is(err, unix.EPROTONOSUPPORT) {
+			return nil, fmt.Errorf("nft: netlink for nftables: %w (%w)", dataplane.ErrUnsupported, err)
+		}
+		return nil, fmt.Errorf("nft: open netlink connection: %w", err)
+	}
+	d.conn = conn
+	if _, err := conn.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		d.Close()
+		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EAFNOSUPPORT) {
+			return nil, fmt.Errorf("nft: the kernel has no nf_tables with the inet family: %w", dataplane.ErrUnsupported)
+		}
+		return nil, fmt.Errorf("nft: list tables: %w", err)
+	}
+	d.table = &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
+	d.sets = newSets(d.table)
+	return d, nil
+}
+
+func checkConfig(cfg *Config) error {
+	var errs []error
+	bad := func(path, format string, args ...any) {
+		errs = append(errs, &dataplane.FieldError{Path: path, Detail: fmt.Sprintf(format, args...)})
+	}
+	if len(cfg.Table) > 255 {
+		bad("table", "is longer than 255 bytes")
+	}
+	if m := cfg.MasqueradeMark; m&(m-1) != 0 {
+		bad("masqueradeMark", "%#x has more than one bit set (want a single bit, e.g. 0x4000)", m)
+	}
+	for i, p := range cfg.Node.LocalPodCIDRs {
+		if !p.IsValid() || p.Addr().Zone() != "" || p.Addr().Is4In6() {
+			bad(fmt.Sprintf("node.localPodCIDRs[%d]", i), "%s is not a valid prefix", p)
+		}
+	}
+	for i, p := range cfg.Node.NodePortAddrs {
+		if !p.IsValid() {
+			bad(fmt.Sprintf("node.nodePortAddrs[%d]", i), "%s is not a valid prefix", p)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// podCIDRs returns the node's pod prefixes of one family, masked.
+func (d *Dataplane) podCIDRs(f int) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range d.cfg.Node.LocalPodCIDRs {
+		if famOf(p.Addr()) == f {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
+// Close releases the netlink connection and leaves the kernel state in
+// place for a later Dataplane to adopt.
+func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var err error
+	if d.conn != nil {
+		err = d.conn.CloseLasting()
+		d.conn = nil
+	}
+	d.closeNS()
+	return err
+}
+
+func (d *Dataplane) closeNS() {
+	if d.nsFd >= 0 {
+		unix.Close(d.nsFd)
+		d.nsFd = -1
+	}
+}
+
+var errClosed = errors.New("nft: Dataplane is closed")

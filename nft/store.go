@@ -1,0 +1,121 @@
+package nft
+
+import (
+	"github.com/google/nftables"
+)
+
+// elemKey identifies one element: the set and the key bytes.
+type elemKey struct {
+	set setID
+	key string
+}
+
+// elemVal is an element's data and comment.
+type elemVal struct {
+	val     string
+	comment string
+}
+
+// store is the element state of the table: what the kernel holds
+// (applied) and what the services want (want, refcounted, since several
+// services may want one cluster IP or hairpin pair). Changes are batched:
+// touch records which keys to compare at the next flush.
+type store struct {
+	applied map[elemKey]elemVal
+	want    map[elemKey]*wanted
+	dirty   map[elemKey]struct{}
+}
+
+type wanted struct {
+	elemVal
+	refs int
+}
+
+func newStore() *store {
+	return &store{
+		applied: make(map[elemKey]elemVal),
+		want:    make(map[elemKey]*wanted),
+		dirty:   make(map[elemKey]struct{}),
+	}
+}
+
+// element is one element a service contributes.
+type element struct {
+	elemKey
+	elemVal
+}
+
+func (s *store) add(e element) {
+	w := s.want[e.elemKey]
+	if w == nil {
+		w = &wanted{}
+		s.want[e.elemKey] = w
+	}
+	w.refs++
+	// The last writer wins; maps have one owner per key by validation.
+	w.elemVal = e.elemVal
+	s.dirty[e.elemKey] = struct{}{}
+}
+
+func (s *store) remove(k elemKey) {
+	w := s.want[k]
+	if w == nil {
+		return
+	}
+	if w.refs--; w.refs <= 0 {
+		delete(s.want, k)
+	}
+	s.dirty[k] = struct{}{}
+}
+
+// change is one set's element changes for a batch.
+type change struct {
+	del, add []nftables.SetElement
+}
+
+// pending compares every dirty key's wanted and applied state and returns
+// the element deletions and additions per set. Deletions of a key precede
+// its re-addition within the batch.
+func (s *store) pending(nsets int) ([]change, int) {
+	out := make([]change, nsets)
+	n := 0
+	for k := range s.dirty {
+		old, had := s.applied[k]
+		w, want := s.want[k]
+		switch {
+		case had && want && old == w.elemVal:
+			continue
+		case had && want:
+			out[k.set].del = append(out[k.set].del, nftables.SetElement{Key: []byte(k.key)})
+			out[k.set].add = append(out[k.set].add, setElement(k, w.elemVal))
+			n += 2
+		case had:
+			out[k.set].del = append(out[k.set].del, nftables.SetElement{Key: []byte(k.key)})
+			n++
+		case want:
+			out[k.set].add = append(out[k.set].add, setElement(k, w.elemVal))
+			n++
+		}
+	}
+	return out, n
+}
+
+// committed records that the kernel now holds what was pending.
+func (s *store) committed() {
+	for k := range s.dirty {
+		if w, ok := s.want[k]; ok {
+			s.applied[k] = w.elemVal
+		} else {
+			delete(s.applied, k)
+		}
+	}
+	clear(s.dirty)
+}
+
+func setElement(k elemKey, v elemVal) nftables.SetElement {
+	e := nftables.SetElement{Key: []byte(k.key), Comment: v.comment}
+	if v.val != "" {
+		e.Val = []byte(v.val)
+	}
+	return e
+}

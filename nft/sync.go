@@ -1,0 +1,180 @@
+package nft
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+
+	"github.com/svcplane/svcplane/dataplane"
+)
+
+// Sync makes the table match desired in one atomic netlink batch. The
+// first Sync of a Dataplane (and the first after a failed one) rebuilds the
+// whole table in that batch; later ones send only the elements that
+// changed, and nothing at all when nothing did. An invalid State returns
+// its validation error and changes nothing.
+func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
+	if err := desired.Validate(); err != nil {
+		return fmt.Errorf("nft: invalid state, nothing changed: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn == nil {
+		return errClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("nft: sync not started: %w", err)
+	}
+	full := d.st == nil
+	if full {
+		d.st = newStore()
+		d.svcs = make(map[dataplane.PortName]*svcState)
+	}
+	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
+	for i := range desired.Ports {
+		p := &desired.Ports[i]
+		if len(p.ClusterIPs) == 0 {
+			continue // headless: nothing to program
+		}
+		seen[p.Name] = true
+		old := d.svcs[p.Name]
+		if old != nil && equalPort(&old.port, p) {
+			continue
+		}
+		d.svcs[p.Name] = d.applyPort(old, p)
+	}
+	for name, s := range d.svcs {
+		if !seen[name] {
+			d.removePort(s)
+			delete(d.svcs, name)
+		}
+	}
+	changes, n := d.st.pending(len(d.sets))
+	if !full && n == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		d.st = nil // the in-memory model moved ahead of the kernel
+		return fmt.Errorf("nft: sync cancelled before commit, nothing changed: %w", err)
+	}
+	if full {
+		d.queueTable()
+	}
+	if err := d.queueElements(changes); err != nil {
+		d.st = nil
+		return fmt.Errorf("nft: encode batch, nothing changed: %w", err)
+	}
+	if err := d.conn.Flush(); err != nil {
+		d.st = nil // rebuild on the next Sync
+		return fmt.Errorf("nft: commit batch to table inet %s (the kernel kept its previous state; the next Sync rebuilds the table): %w", d.cfg.Table, err)
+	}
+	d.st.committed()
+	return nil
+}
+
+// queueTable queues the whole table afresh: creating it if needed, then
+// deleting and recreating it, so that one batch replaces whatever was
+// there, atomically.
+func (d *Dataplane) queueTable() {
+	d.conn.AddTable(d.table)
+	d.conn.DelTable(d.table)
+	d.conn.AddTable(d.table)
+	c := newChains(d.table)
+	for _, ch := range c.all() {
+		d.conn.AddChain(ch)
+	}
+	for _, s := range d.sets {
+		s.ID = 0 // a fresh id within this batch
+		d.conn.AddSet(s, nil)
+	}
+	for _, r := range d.rules(c) {
+		d.conn.AddRule(&nftables.Rule{
+			Table:    d.table,
+			Chain:    r.chain,
+			Exprs:    r.exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment),
+		})
+	}
+}
+
+// maxChunk bounds the encoded size of the elements in one netlink
+// message: google/nftables puts them in one attribute, whose 16-bit length
+// silently wraps past 64 KiB.
+const maxChunk = 48 << 10
+
+func (d *Dataplane) queueElements(changes []change) error {
+	for i, c := range changes {
+		s := d.sets[i]
+		if err := chunked(c.del, func(es []nftables.SetElement) error { return d.conn.SetDeleteElements(s, es) }); err != nil {
+			return err
+		}
+	}
+	for i, c := range changes {
+		s := d.sets[i]
+		if err := chunked(c.add, func(es []nftables.SetElement) error { return d.conn.SetAddElements(s, es) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) error {
+	start, size := 0, 0
+	for i, e := range es {
+		n := 48 + len(e.Key) + len(e.Val) + len(e.Comment)
+		if size+n > maxChunk && i > start {
+			if err := send(es[start:i]); err != nil {
+				return err
+			}
+			start, size = i, 0
+		}
+		size += n
+	}
+	if start < len(es) {
+		return send(es[start:])
+	}
+	return nil
+}
+
+// applyPort (re)computes a port's elements and swaps them into the store.
+func (d *Dataplane) applyPort(old *svcState, p *dataplane.ServicePort) *svcState {
+	s := &svcState{port: clonePort(p), groups: d.groupsFor(old, p)}
+	if old != nil {
+		for _, k := range old.elems {
+			d.st.remove(k)
+		}
+	}
+	for _, e := range d.elements(p, s.groups) {
+		d.st.add(e)
+		s.elems = append(s.elems, e.elemKey)
+	}
+	return s
+}
+
+func (d *Dataplane) removePort(s *svcState) {
+	for _, k := range s.elems {
+		d.st.remove(k)
+	}
+}
+
+// Cleanup deletes the Dataplane's table and everything in it, and nothing
+// else. A table that is already gone is not an error.
+func (d *Dataplane) Cleanup(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn == nil {
+		return errClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	d.conn.AddTable(d.table)
+	d.conn.DelTable(d.table)
+	d.st = nil
+	if err := d.conn.Flush(); err != nil {
+		return fmt.Errorf("nft: delete table inet %s: %w", d.cfg.Table, err)
+	}
+	return nil
+}
