@@ -6,8 +6,12 @@ import "slices"
 // service port to, for each traffic policy.
 type Endpoints struct {
 	// Cluster is used by traffic under the Cluster policy (the default),
-	// after topology hints: nil when the port uses the Local policy for
-	// both internal and external traffic.
+	// after topology hints. It is nil only when the port uses the Local
+	// policy for internal traffic and has no external frontend (NodePort,
+	// external or load-balancer IP). A port with external frontends always
+	// gets Cluster endpoints, even under externalTrafficPolicy Local: as in
+	// kube-proxy, traffic from pods and from the node itself to those
+	// frontends is short-circuited to the Cluster endpoints.
 	Cluster []Endpoint
 	// Local is used by traffic under the Local policy: only endpoints on
 	// this node. Nil when the port uses no Local policy.
@@ -52,14 +56,18 @@ func (e Endpoints) External(p *ServicePort) []Endpoint {
 //     hints and one names this node's zone, only endpoints hinted for the
 //     zone are used; otherwise hints are ignored. Hints never apply to the
 //     Local policy or to the terminating fallback.
+//   - Cluster is computed unless the port uses the Local policy for
+//     internal traffic and has no external frontend; Local is computed when
+//     the port uses a Local policy. A computed list is never nil, even when
+//     p has no endpoints, so nil means "this policy is not used".
 //
 // The returned slices are in the order of p.Endpoints.
 func Categorize(p *ServicePort, node *Node) Endpoints {
 	var out Endpoints
-	if len(p.Endpoints) == 0 {
-		return out
-	}
-	usesCluster := !p.InternalLocal || !p.ExternalLocal
+	// As kube-proxy's ServicePort.UsesClusterEndpoints: external traffic
+	// under the Local policy still needs Cluster endpoints for the
+	// short-circuit of in-cluster sources.
+	usesCluster := !p.InternalLocal || externallyReachable(p)
 	usesLocal := p.InternalLocal || p.ExternalLocal
 	if usesCluster {
 		hint := topologyHint(p.Endpoints, node)
@@ -91,6 +99,12 @@ func Categorize(p *ServicePort, node *Node) Endpoints {
 }
 
 func servingTerminating(e *Endpoint) bool { return e.Serving && e.Terminating }
+
+// externallyReachable reports whether p has a frontend outside the cluster
+// IPs, as kube-proxy's ServicePort.ExternallyAccessible.
+func externallyReachable(p *ServicePort) bool {
+	return p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0
+}
 
 // topologyHint returns the predicate topology hints impose on ready
 // endpoints for node: always true when hints do not apply.
