@@ -53,6 +53,7 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	}
 	changes, n := d.st.pending(len(d.sets))
 	if !full && n == 0 {
+		d.lastElems = 0
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -71,6 +72,7 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		return fmt.Errorf("nft: commit batch to table inet %s (the kernel kept its previous state; the next Sync rebuilds the table): %w", d.cfg.Table, err)
 	}
 	d.st.committed()
+	d.lastElems = n
 	return nil
 }
 

@@ -1,0 +1,37 @@
+# svcplane — make targets. `make test` and `make demo` are the two
+# commands a newcomer needs; both run as root.
+
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+GOFLAGS_TEST ?=
+
+.PHONY: all check test deps vet unit conformance demo fmt clean
+
+all: check
+
+## check: the fast loop — formatting, vet and unit tests (seconds; no root needed)
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	$(GO) test -short ./dataplane/...
+
+## test: everything — deps, vet, unit tests with -race, the conformance suite on every backend this kernel supports (root)
+test: deps vet
+	$(GO) test -race -count=1 $(GOFLAGS_TEST) ./...
+
+deps:
+	@./scripts/deps.sh
+
+vet:
+	$(GO) vet ./...
+
+## conformance: only the conformance suite, verbose
+conformance: deps
+	$(GO) test -count=1 -v ./conformance/ $(GOFLAGS_TEST)
+
+## demo: builds a throwaway cluster in namespaces, programs svc-web with the nft backend, sends traffic (root)
+demo: deps
+	$(GO) run ./examples/demo
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
