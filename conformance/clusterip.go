@@ -2,6 +2,8 @@ package conformance
 
 import (
 	"bytes"
+	"fmt"
+	"net/netip"
 
 	"github.com/svcplane/svcplane/conformance/topo"
 	"github.com/svcplane/svcplane/dataplane"
@@ -227,11 +229,22 @@ func init() {
 	register("ClusterIP", "NodeSourceMasqueraded", func(e *env) {
 		// node → cluster IP → endpoint on the other node sees the node's
 		// address, so the reply comes back through the node that DNATed.
+		// The client binds a secondary node address (as a host-network
+		// process may), so only masquerading makes the endpoint see the
+		// node's primary address.
 		web := e.pod(0, "web-1", 8080)
 		nodeB := e.topo.Nodes[1]
+		second := netip.MustParseAddr("192.0.2.202")
+		if err := nodeB.AddAddress(netip.PrefixFrom(second, 32)); err != nil {
+			e.t.Fatal(err)
+		}
 		e.sync(state(svc("web", "http", dataplane.TCP, 80, ips(cip4(10)), ready(web, 8080))))
-		if r := e.hit(&nodeB.Host, dataplane.TCP, ap(cip4(10), 80)); r.From.Addr() != nodeB.IPv4 {
-			e.t.Fatalf("endpoint saw the client as %s, want node-b's address %s", r.From.Addr(), nodeB.IPv4)
+		r, err := e.req(&nodeB.Host, dataplane.TCP, ap(cip4(10), 80), topo.RequestOptions{LocalAddr: second})
+		if err != nil {
+			e.t.Fatalf("node-b (bound to %s) → cluster IP: %v", second, err)
+		}
+		if r.From.Addr() != nodeB.IPv4 {
+			e.t.Fatalf("endpoint saw the client as %s, want node-b's address %s (masqueraded)", r.From.Addr(), nodeB.IPv4)
 		}
 	})
 
@@ -282,6 +295,49 @@ func init() {
 			}
 			if !bytes.Equal(r.Payload, payload) {
 				e.t.Fatalf("%s: sent %d bytes, got %d back, or different bytes", tc.proto, len(payload), len(r.Payload))
+			}
+		}
+	})
+
+	register("ClusterIP", "EstablishedSurvivesSync", func(e *env) {
+		// An open TCP connection to a kept endpoint keeps working across
+		// 10 Syncs that change other endpoints and services: a proxy's
+		// updates must never break connections they do not concern.
+		pods := []*topo.Pod{e.pod(0, "web-1", 8080), e.pod(1, "web-2", 8080), e.pod(0, "web-3", 8080), e.pod(1, "web-4", 8080)}
+		other := e.pod(1, "other-1", 8080)
+		c := e.pod(0, "client")
+		var all []dataplane.Endpoint
+		for _, p := range pods {
+			all = append(all, ready(p, 8080))
+		}
+		e.sync(state(svc("web", "http", dataplane.TCP, 80, ips(cip4(10)), all...)))
+		s, err := c.DialTCP(e.ctx, ap(cip4(10), 80))
+		if err != nil {
+			e.t.Fatalf("open a connection: %v", err)
+		}
+		defer s.Close()
+		var kept dataplane.Endpoint
+		for i, p := range pods {
+			if p.Name == s.Pod {
+				kept = all[i]
+			}
+		}
+		for i := range 10 {
+			// Keep the connected endpoint; vary the others and add or
+			// remove a second service.
+			eps := []dataplane.Endpoint{kept}
+			for j, ep := range all {
+				if ep.Addr != kept.Addr && (i+j)%2 == 0 {
+					eps = append(eps, ep)
+				}
+			}
+			ports := []dataplane.ServicePort{svc("web", "http", dataplane.TCP, 80, ips(cip4(10)), eps...)}
+			if i%2 == 0 {
+				ports = append(ports, svc("other", "http", dataplane.TCP, 80, ips(cip4(11)), ready(other, 8080)))
+			}
+			e.sync(state(ports...))
+			if err := s.Echo([]byte(fmt.Sprintf("after sync %d\n", i+1)), 0); err != nil {
+				e.t.Fatalf("after Sync %d: %v", i+1, err)
 			}
 		}
 	})

@@ -48,6 +48,8 @@ type Dataplane struct {
 	sets  []*nftables.Set // indexed by setID
 	st    *store          // what the kernel holds; nil: unknown, rebuild
 	svcs  map[dataplane.PortName]*svcState
+	// staleCT holds conntrack cleanups a failed Sync could not finish.
+	staleCT []staleFlow
 	// lastElems is how many element changes the last Sync sent.
 	lastElems int
 }

@@ -33,6 +33,8 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		d.svcs = make(map[dataplane.PortName]*svcState)
 	}
 	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
+	stale := d.staleCT // entries a failed cleanup left behind
+	d.staleCT = nil
 	for i := range desired.Ports {
 		p := &desired.Ports[i]
 		if len(p.ClusterIPs) == 0 {
@@ -43,10 +45,17 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		if old != nil && equalPort(&old.port, p) {
 			continue
 		}
-		d.svcs[p.Name] = d.applyPort(old, p)
+		s := d.applyPort(old, p)
+		if !full {
+			// After a rebuild nothing is known of earlier endpoints, and
+			// entries DNATed by earlier rules stay valid.
+			stale = append(stale, staleFlows(old, p, s.groups)...)
+		}
+		d.svcs[p.Name] = s
 	}
 	for name, s := range d.svcs {
 		if !seen[name] {
+			stale = append(stale, staleFlows(s, &s.port, nil)...)
 			d.removePort(s)
 			delete(d.svcs, name)
 		}
@@ -54,7 +63,7 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	changes, n := d.st.pending(len(d.sets))
 	if !full && n == 0 {
 		d.lastElems = 0
-		return nil
+		return d.clearConntrack(stale)
 	}
 	if err := ctx.Err(); err != nil {
 		d.st = nil // the in-memory model moved ahead of the kernel
@@ -73,6 +82,10 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	}
 	d.st.committed()
 	d.lastElems = n
+	if err := d.clearConntrack(stale); err != nil {
+		d.staleCT = stale // try again next Sync
+		return fmt.Errorf("nft: rules applied, but %w", err)
+	}
 	return nil
 }
 
