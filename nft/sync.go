@@ -3,6 +3,7 @@ package nft
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -101,7 +102,10 @@ func (d *Dataplane) queueTable() {
 		d.conn.AddChain(ch)
 	}
 	for _, s := range d.sets {
-		s.ID = 0 // a fresh id within this batch
+		// A fresh id within this batch, from our own counter:
+		// google/nftables v0.3.0 allocates ids from an unguarded global,
+		// which races when several Dataplanes sync at once.
+		s.ID = setIDs.Add(1)
 		d.conn.AddSet(s, nil)
 	}
 	for _, r := range d.rules(c) {
@@ -113,6 +117,8 @@ func (d *Dataplane) queueTable() {
 		})
 	}
 }
+
+var setIDs atomic.Uint32
 
 // maxChunk bounds the encoded size of the elements in one netlink
 // message: google/nftables puts them in one attribute, whose 16-bit length

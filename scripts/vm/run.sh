@@ -14,6 +14,9 @@
 #                  Files under the host's /tmp, /run or /var/tmp are hidden in
 #                  the guest (tmpfs there) unless they are in the share.
 #   --env K=V      set K in the command's environment (repeatable)
+#   --expose DIR   make host directory DIR, under /tmp, /run or /var/tmp,
+#                  visible read-only in the guest (repeatable); done on its
+#                  own for --cwd
 #
 # Exit codes besides COMMAND's: 124 timeout, 125 the guest wrote no exit
 # code (it failed to boot or panicked: the console above says why).
@@ -23,9 +26,9 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
 source "$here/common.sh"
 
-usage() { vm_die "usage: $0 --kernel K [--cwd DIR] [--timeout S] [--share DIR] [--env K=V]... -- COMMAND [ARG...]"; }
+usage() { vm_die "usage: $0 --kernel K [--cwd DIR] [--timeout S] [--share DIR] [--env K=V]... [--expose DIR]... -- COMMAND [ARG...]"; }
 
-kernel= cwd=$PWD timeout=1800 share= envs=()
+kernel= cwd=$PWD timeout=1800 share= envs=() expose=()
 while [ $# -gt 0 ]; do
   case $1 in
   --kernel) kernel=${2:?}; shift 2 ;;
@@ -33,6 +36,7 @@ while [ $# -gt 0 ]; do
   --timeout) timeout=${2:?}; shift 2 ;;
   --share) share=${2:?}; shift 2 ;;
   --env) envs+=("${2:?}"); shift 2 ;;
+  --expose) expose+=("$(realpath "${2:?}")"); shift 2 ;;
   --) shift; break ;;
   *) usage ;;
   esac
@@ -69,6 +73,22 @@ if [ -f "${cmd[0]}" ]; then
   esac
 fi
 
+# The guest mounts tmpfs over /tmp, /run and /var/tmp; a working directory
+# there (a clone under /tmp) is passed as its own read-only 9p share.
+cwd=$(realpath "$cwd")
+case $cwd in
+/tmp/* | /run/* | /var/tmp/*) [[ $cwd == "$share" || $cwd == "$share"/* ]] || expose+=("$cwd") ;;
+esac
+virtfs_expose=() expose_list=
+for i in "${!expose[@]}"; do
+  p=${expose[$i]}
+  case $p in
+  *[[:space:],]*) vm_die "--expose: the path may not contain spaces or commas: $p" ;;
+  esac
+  virtfs_expose+=(-virtfs "local,path=$p,mount_tag=expose$i,security_model=passthrough,readonly=on,multidevs=remap")
+  expose_list+=${expose_list:+,}$p
+done
+
 # The command reaches the guest as a script in the share (quoting survives;
 # the kernel command line would not keep it). Single quotes work in any sh.
 q() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
@@ -87,16 +107,18 @@ rm -f "$share/exit-code"
 # multidevs=remap because the exported root spans several host filesystems
 # (without it QEMU warns and inode numbers may collide). Stdin is /dev/null:
 # QEMU must neither read a terminal nor stop on SIGTTOU when `timeout` runs
-# it in the background. The console's CRLFs become LFs.
+# it in the background. The console's CRLFs become LFs, and SeaBIOS's
+# terminal resets and screen clears go (they would wipe the caller's screen).
 t0=$SECONDS
 set +e
 timeout -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none \
   -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 svcplane.share=$share" \
+  -append "console=ttyS0 quiet panic=-1 svcplane.share=$share${expose_list:+ svcplane.expose=$expose_list}" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=$share,mount_tag=results,security_model=none" \
-  </dev/null | sed -u 's/\r$//'
+  "${virtfs_expose[@]}" \
+  </dev/null | sed -u -e 's/\r$//' -e 's/\x1bc//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g'
 status=("${PIPESTATUS[@]}")
 set -e
 secs=$((SECONDS - t0))
