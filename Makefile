@@ -35,3 +35,22 @@ demo: deps
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
+
+# --- VM runner (scripts/vm/): Debian kernels in QEMU, for what this
+# machine's kernel lacks (IPVS, SCTP, dummy links) and older kernels.
+KERNELS ?= 6.1 6.12
+VM_PKGS ?=
+VM_TESTFLAGS ?=
+VM_TEST_TIMEOUT ?= 20m
+VM_TIMEOUT ?= 3600
+
+.PHONY: test-vm vm-kernels
+
+## test-vm: the kernel-facing test packages inside QEMU on the newest Debian 6.1 and 6.12 kernels, verbose (root; KERNELS="6.1 6.12", VM_PKGS=./nft, VM_TESTFLAGS=-test.run=X)
+test-vm: deps
+	@KERNELS="$(KERNELS)" VM_PKGS="$(VM_PKGS)" VM_TESTFLAGS="$(VM_TESTFLAGS)" \
+	  VM_TEST_TIMEOUT="$(VM_TEST_TIMEOUT)" VM_TIMEOUT="$(VM_TIMEOUT)" ./scripts/vm/test.sh
+
+## vm-kernels: only download the KERNELS and build their initramfs (cached under ~/.cache/svcplane/vm)
+vm-kernels:
+	@./scripts/vm/prepare.sh $(KERNELS)
