@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -14,7 +15,8 @@ import (
 )
 
 // staleFlow describes UDP conntrack entries that would keep datagrams on
-// an old path after a Sync: entries to frontend, and, when endpoint is
+// an old path after a Sync: entries to a frontend (an address and port, or
+// for a NodePort any local address and the port), and, when endpoint is
 // valid, only those DNATed to that endpoint.
 //
 // UDP has no connection teardown, so a client that keeps sending from one
@@ -24,12 +26,14 @@ import (
 // the next datagram to take the new path. TCP needs nothing: its
 // connections end, or fail, on their own.
 type staleFlow struct {
-	frontend netip.AddrPort
-	endpoint netip.Addr // invalid: every entry to frontend
+	fam      int
+	addr     netip.Addr // invalid: a NodePort, any destination address
+	port     uint16
+	endpoint netip.Addr // invalid: every entry to the frontend
 }
 
 // staleFlows returns the UDP conntrack entries that a change of p from old
-// (nil: new port) to groups makes stale. A removed port passes nil groups.
+// (nil: a new port) to groups makes stale. A removed port passes nil groups.
 func staleFlows(old *svcState, p *dataplane.ServicePort, groups []*group) []staleFlow {
 	if p.Protocol != dataplane.UDP {
 		return nil
@@ -37,46 +41,53 @@ func staleFlows(old *svcState, p *dataplane.ServicePort, groups []*group) []stal
 	var out []staleFlow
 	for _, cip := range p.ClusterIPs {
 		f := famOf(cip)
-		front := netip.AddrPortFrom(cip, p.Port)
-		var prev, next *group
-		if old != nil {
-			prev = findGroup(old.groups, f)
+		type frontend struct {
+			addr netip.Addr
+			port uint16
 		}
-		next = findGroup(groups, f)
-		switch {
-		case prev == nil || len(prev.eps) == 0:
-			// A new port, or one that had no endpoints: entries to it
-			// were never DNATed; once it has endpoints they must go.
-			if next != nil && len(next.eps) > 0 {
-				out = append(out, staleFlow{frontend: front})
+		internal := []frontend{{cip, p.Port}}
+		var external []frontend
+		for _, a := range slices.Concat(p.ExternalIPs, p.LoadBalancerIPs) {
+			if famOf(a) == f {
+				external = append(external, frontend{a, p.Port})
 			}
-		default:
-			for _, ep := range prev.eps {
-				if next == nil || !containsEndpoint(next.eps, ep) {
-					out = append(out, staleFlow{frontend: front, endpoint: ep.Addr()})
+		}
+		if p.NodePort != 0 {
+			external = append(external, frontend{port: p.NodePort})
+		}
+		for _, side := range []struct {
+			fronts []frontend
+			roles  []role
+		}{{internal, []role{roleInternal}}, {external, []role{roleCluster, roleLocal}}} {
+			var prev, next []netip.AddrPort
+			for _, r := range side.roles {
+				if old != nil {
+					if g := findGroup(old.groups, f, r); g != nil {
+						prev = append(prev, g.eps...)
+					}
+				}
+				if g := findGroup(groups, f, r); g != nil {
+					next = append(next, g.eps...)
+				}
+			}
+			for _, fr := range side.fronts {
+				if len(prev) == 0 {
+					// Entries to a port without endpoints were never
+					// DNATed; once it has endpoints they must go.
+					if len(next) > 0 {
+						out = append(out, staleFlow{fam: f, addr: fr.addr, port: fr.port})
+					}
+					continue
+				}
+				for _, ep := range prev {
+					if !slices.Contains(next, ep) {
+						out = append(out, staleFlow{fam: f, addr: fr.addr, port: fr.port, endpoint: ep.Addr()})
+					}
 				}
 			}
 		}
 	}
 	return out
-}
-
-func findGroup(gs []*group, f int) *group {
-	for _, g := range gs {
-		if g.fam == f {
-			return g
-		}
-	}
-	return nil
-}
-
-func containsEndpoint(eps []netip.AddrPort, ep netip.AddrPort) bool {
-	for _, e := range eps {
-		if e == ep {
-			return true
-		}
-	}
-	return false
 }
 
 // clearConntrack deletes the stale UDP entries, in one conntrack dump per
@@ -101,18 +112,21 @@ func (d *Dataplane) clearConntrack(flows []staleFlow) error {
 		f := &netlink.ConntrackFilter{}
 		if err := errors.Join(
 			f.AddProtocol(unix.IPPROTO_UDP),
-			f.AddIP(netlink.ConntrackOrigDstIP, net.IP(fl.frontend.Addr().AsSlice())),
-			f.AddPort(netlink.ConntrackOrigDstPort, fl.frontend.Port()),
+			f.AddPort(netlink.ConntrackOrigDstPort, fl.port),
 		); err != nil {
 			return err
+		}
+		if fl.addr.IsValid() {
+			if err := f.AddIP(netlink.ConntrackOrigDstIP, net.IP(fl.addr.AsSlice())); err != nil {
+				return err
+			}
 		}
 		if fl.endpoint.IsValid() {
 			if err := f.AddIP(netlink.ConntrackReplySrcIP, net.IP(fl.endpoint.AsSlice())); err != nil {
 				return err
 			}
 		}
-		fam := famOf(fl.frontend.Addr())
-		filters[fam] = append(filters[fam], f)
+		filters[fl.fam] = append(filters[fl.fam], f)
 	}
 	families := [2]netlink.InetFamily{unix.AF_INET, unix.AF_INET6}
 	for fam, fs := range filters {

@@ -10,12 +10,20 @@ import (
 	"github.com/svcplane/svcplane/dataplane"
 )
 
+// role says which traffic an endpoint group serves.
+type role uint8
+
+const (
+	roleInternal role = iota // cluster IPs (internalTrafficPolicy)
+	roleCluster              // external IPs, LB IPs and NodePorts from pods and the node, and from outside under the Cluster policy
+	roleLocal                // external traffic under externalTrafficPolicy Local
+)
+
 // svcState is what one service port contributes to the table.
 type svcState struct {
 	port  dataplane.ServicePort // as last synced
 	elems []elemKey             // every element it added to the store
-	// groups are its endpoint lists, one per family (and, later, per
-	// traffic policy), each spread over the buckets.
+	// groups are its endpoint lists, one per family and role.
 	groups []*group
 }
 
@@ -23,6 +31,7 @@ type svcState struct {
 // forwards to the list gets the same bucket assignment.
 type group struct {
 	fam     int
+	role    role
 	eps     []netip.AddrPort // index → endpoint
 	buckets [buckets]int     // bucket → index into eps
 }
@@ -76,59 +85,158 @@ func assign(prev *group, eps []netip.AddrPort) (out [buckets]int) {
 	return out
 }
 
-// groupsFor computes p's endpoint groups, one per family it has a cluster
-// IP of, reusing old's bucket assignment.
-func (d *Dataplane) groupsFor(old *svcState, p *dataplane.ServicePort) []*group {
-	eps := dataplane.Categorize(p, &d.cfg.Node).Internal(p)
-	var out []*group
+func findGroup(gs []*group, f int, r role) *group {
+	for _, g := range gs {
+		if g.fam == f && g.role == r {
+			return g
+		}
+	}
+	return nil
+}
+
+// plan is what one port programs: its groups and whether any endpoint is
+// usable anywhere.
+type plan struct {
+	groups []*group
+	any    bool
+}
+
+// planPort computes p's endpoint groups for each family it has a cluster
+// IP of, reusing old's bucket assignments.
+func (d *Dataplane) planPort(old *svcState, p *dataplane.ServicePort) plan {
+	cat := dataplane.Categorize(p, &d.cfg.Node)
+	lists := map[role][]dataplane.Endpoint{roleInternal: cat.Internal(p)}
+	if p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0 {
+		lists[roleCluster] = cat.Cluster
+		if p.ExternalLocal {
+			lists[roleLocal] = cat.Local
+		}
+	}
+	out := plan{any: cat.Any}
 	for _, cip := range p.ClusterIPs {
 		f := famOf(cip)
-		g := &group{fam: f}
-		seen := make(map[netip.AddrPort]bool)
-		for _, e := range eps {
-			if ap := e.AddrPort(); famOf(ap.Addr()) == f && !seen[ap] {
-				seen[ap] = true
-				g.eps = append(g.eps, ap)
+		for _, r := range []role{roleInternal, roleCluster, roleLocal} {
+			eps, ok := lists[r]
+			if !ok {
+				continue
 			}
-		}
-		var prev *group
-		if old != nil {
-			for _, o := range old.groups {
-				if o.fam == f {
-					prev = o
+			g := &group{fam: f, role: r}
+			seen := make(map[netip.AddrPort]bool)
+			for _, e := range eps {
+				if ap := e.AddrPort(); famOf(ap.Addr()) == f && !seen[ap] {
+					seen[ap] = true
+					g.eps = append(g.eps, ap)
 				}
 			}
+			var prev *group
+			if old != nil {
+				prev = findGroup(old.groups, f, r)
+			}
+			g.buckets = assign(prev, g.eps)
+			out.groups = append(out.groups, g)
 		}
-		g.buckets = assign(prev, g.eps)
-		out = append(out, g)
 	}
 	return out
 }
 
-// elements computes the elements for port p, given its groups.
-func (d *Dataplane) elements(p *dataplane.ServicePort, groups []*group) []element {
+// elements computes the elements port p contributes, given its plan.
+func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 	var out []element
 	comment := p.Name.String()
-	for _, g := range groups {
+	el := func(f int, s setID, key []byte, v elemVal) {
+		out = append(out, element{elemKey{sid(f, s), string(key)}, v})
+	}
+	// buckets adds the 64 elements of key's buckets in map s.
+	bucketsOf := func(s setID, key []byte, g *group) {
+		for b, i := range g.buckets {
+			el(g.fam, s, slices.Concat(key, binaryutil.NativeEndian.PutUint32(uint32(b))), elemVal{val: string(addrPort(g.eps[i]))})
+		}
+	}
+	for _, g := range pl.groups {
 		for _, ep := range g.eps {
 			a := ep.Addr().AsSlice()
-			out = append(out, element{elemKey{sid(g.fam, setHairpin), string(slices.Concat(a, a))}, elemVal{}})
+			el(g.fam, setHairpin, slices.Concat(a, a), elemVal{})
 		}
 	}
 	for _, cip := range p.ClusterIPs {
 		f := famOf(cip)
-		out = append(out, element{elemKey{sid(f, setClusterIPs), string(cip.AsSlice())}, elemVal{}})
-		for _, g := range groups {
-			if g.fam != f || len(g.eps) == 0 {
-				continue
+		internal := findGroup(pl.groups, f, roleInternal)
+		front := frontendKey(cip, p.Protocol, p.Port)
+		el(f, setClusterIPs, cip.AsSlice(), elemVal{})
+		switch {
+		case len(internal.eps) > 0:
+			el(f, setServiceIPs, front, elemVal{comment: comment})
+			bucketsOf(setEndpoints, front, internal)
+		case pl.any:
+			el(f, setNoLocalEndpoints, front, elemVal{comment: comment})
+		default:
+			el(f, setNoEndpoints, front, elemVal{comment: comment})
+		}
+
+		cluster, local := findGroup(pl.groups, f, roleCluster), findGroup(pl.groups, f, roleLocal)
+		external := func(a netip.Addr, lb bool) {
+			front := frontendKey(a, p.Protocol, p.Port)
+			if !pl.any {
+				el(f, setNoEndpoints, front, elemVal{comment: comment})
+				return
 			}
-			front := frontendKey(cip, p.Protocol, p.Port)
-			out = append(out, element{elemKey{sid(f, setServiceIPs), string(front)}, elemVal{comment: comment}})
-			for b, i := range g.buckets {
-				out = append(out, element{
-					elemKey{sid(f, setEndpoints), string(bucketKey(front, uint32(b)))},
-					elemVal{val: string(addrPort(g.eps[i]))},
-				})
+			if len(cluster.eps) > 0 {
+				bucketsOf(setEndpoints, front, cluster)
+			}
+			if local != nil {
+				el(f, setExternalLocal, front, elemVal{comment: comment})
+				if len(local.eps) > 0 {
+					bucketsOf(setLocalEndpoints, front, local)
+				}
+			} else {
+				el(f, setExternalCluster, front, elemVal{comment: comment})
+			}
+			if !lb {
+				return
+			}
+			var ranges []netip.Prefix
+			for _, r := range p.SourceRanges {
+				if famOf(r.Addr()) == f {
+					ranges = append(ranges, r.Masked())
+				}
+			}
+			if len(ranges) == 0 {
+				return // no ranges of this family: any source
+			}
+			el(f, setFirewall, front, elemVal{comment: comment})
+			for _, r := range ranges {
+				el(f, setFirewallAllow, slices.Concat(front, r.Addr().AsSlice()),
+					elemVal{keyEnd: string(slices.Concat(front, lastAddr(r).AsSlice())), comment: comment})
+			}
+		}
+		for _, a := range p.ExternalIPs {
+			if famOf(a) == f {
+				external(a, false)
+			}
+		}
+		for _, a := range p.LoadBalancerIPs {
+			if famOf(a) == f {
+				external(a, true)
+			}
+		}
+		if p.NodePort != 0 {
+			np := nodePortKey(p.Protocol, p.NodePort)
+			switch {
+			case !pl.any:
+				el(f, setNoEndpointNodePorts, np, elemVal{comment: comment})
+			case local != nil:
+				el(f, setNodePortsLocal, np, elemVal{comment: comment})
+				if len(cluster.eps) > 0 {
+					bucketsOf(setNodePortEndpoints, np, cluster)
+				}
+				if len(local.eps) > 0 {
+					bucketsOf(setNodePortLocalEps, np, local)
+				}
+			default:
+				el(f, setNodePortsCluster, np, elemVal{comment: comment})
+				if len(cluster.eps) > 0 {
+					bucketsOf(setNodePortEndpoints, np, cluster)
+				}
 			}
 		}
 	}
@@ -138,19 +246,28 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, groups []*group) []elemen
 // frontendKey encodes address . protocol . port, each field padded to 4
 // bytes.
 func frontendKey(a netip.Addr, proto dataplane.Protocol, port uint16) []byte {
-	b := a.AsSlice()
-	b = append(b, byte(proto), 0, 0, 0)
-	b = binary.BigEndian.AppendUint16(b, port)
-	return append(b, 0, 0)
+	return slices.Concat(a.AsSlice(), nodePortKey(proto, port))
 }
 
-// bucketKey appends a bucket number, in the byte order numgen writes it.
-func bucketKey(front []byte, bucket uint32) []byte {
-	return slices.Concat(front, binaryutil.NativeEndian.PutUint32(bucket))
+// nodePortKey encodes protocol . port.
+func nodePortKey(proto dataplane.Protocol, port uint16) []byte {
+	b := []byte{byte(proto), 0, 0, 0}
+	b = binary.BigEndian.AppendUint16(b, port)
+	return append(b, 0, 0)
 }
 
 func addrPort(ap netip.AddrPort) []byte {
 	b := ap.Addr().AsSlice()
 	b = binary.BigEndian.AppendUint16(b, ap.Port())
 	return append(b, 0, 0)
+}
+
+// lastAddr returns the last address of a masked prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }

@@ -13,6 +13,7 @@ type elemKey struct {
 // elemVal is an element's data and comment.
 type elemVal struct {
 	val     string
+	keyEnd  string // interval sets: the last key of the range
 	comment string
 }
 
@@ -86,11 +87,11 @@ func (s *store) pending(nsets int) ([]change, int) {
 		case had && want && old == w.elemVal:
 			continue
 		case had && want:
-			out[k.set].del = append(out[k.set].del, nftables.SetElement{Key: []byte(k.key)})
+			out[k.set].del = append(out[k.set].del, delElement(k, old))
 			out[k.set].add = append(out[k.set].add, setElement(k, w.elemVal))
 			n += 2
 		case had:
-			out[k.set].del = append(out[k.set].del, nftables.SetElement{Key: []byte(k.key)})
+			out[k.set].del = append(out[k.set].del, delElement(k, old))
 			n++
 		case want:
 			out[k.set].add = append(out[k.set].add, setElement(k, w.elemVal))
@@ -112,8 +113,19 @@ func (s *store) committed() {
 	clear(s.dirty)
 }
 
+func delElement(k elemKey, v elemVal) nftables.SetElement {
+	e := nftables.SetElement{Key: []byte(k.key)}
+	if v.keyEnd != "" {
+		e.KeyEnd = []byte(v.keyEnd)
+	}
+	return e
+}
+
 func setElement(k elemKey, v elemVal) nftables.SetElement {
 	e := nftables.SetElement{Key: []byte(k.key), Comment: v.comment}
+	if v.keyEnd != "" {
+		e.KeyEnd = []byte(v.keyEnd)
+	}
 	if v.val != "" {
 		e.Val = []byte(v.val)
 	}

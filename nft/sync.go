@@ -161,13 +161,14 @@ func chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) e
 
 // applyPort (re)computes a port's elements and swaps them into the store.
 func (d *Dataplane) applyPort(old *svcState, p *dataplane.ServicePort) *svcState {
-	s := &svcState{port: clonePort(p), groups: d.groupsFor(old, p)}
+	pl := d.planPort(old, p)
+	s := &svcState{port: clonePort(p), groups: pl.groups}
 	if old != nil {
 		for _, k := range old.elems {
 			d.st.remove(k)
 		}
 	}
-	for _, e := range d.elements(p, s.groups) {
+	for _, e := range d.elements(p, pl) {
 		d.st.add(e)
 		s.elems = append(s.elems, e.elemKey)
 	}
