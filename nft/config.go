@@ -48,6 +48,14 @@ type Dataplane struct {
 	sets  []*nftables.Set // indexed by setID
 	st    *store          // what the kernel holds; nil: unknown, rebuild
 	svcs  map[dataplane.PortName]*svcState
+	// adopted is set during a Sync that adopted the kernel's table.
+	adopted bool
+	// fingerprint identifies the table's fixed shape (see adopt.go).
+	fingerprint string
+	// genConn reads the nftables generation; lastGen is the generation
+	// after our last commit.
+	genConn *netlink.Conn
+	lastGen uint32
 	// staleCT holds conntrack cleanups a failed Sync could not finish.
 	staleCT []staleFlow
 	// lastElems is how many element changes the last Sync sent.
@@ -114,6 +122,7 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	d.table = &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
 	d.sets = newSets(d.table)
+	d.fingerprint = d.computeFingerprint()
 	return d, nil
 }
 
@@ -161,6 +170,10 @@ func (d *Dataplane) Close() error {
 	if d.conn != nil {
 		err = d.conn.CloseLasting()
 		d.conn = nil
+	}
+	if d.genConn != nil {
+		d.genConn.Close()
+		d.genConn = nil
 	}
 	d.closeNS()
 	return err

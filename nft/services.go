@@ -131,12 +131,42 @@ func (d *Dataplane) planPort(old *svcState, p *dataplane.ServicePort) plan {
 			var prev *group
 			if old != nil {
 				prev = findGroup(old.groups, f, r)
+			} else if d.adopted {
+				prev = d.adoptedGroup(p, f, r)
 			}
 			g.buckets = assign(prev, g.eps)
 			out.groups = append(out.groups, g)
 		}
 	}
 	return out
+}
+
+// adoptedGroup returns the bucket assignment an adopted table holds for
+// p's role r in family f, or nil.
+func (d *Dataplane) adoptedGroup(p *dataplane.ServicePort, f int, r role) *group {
+	for _, cip := range p.ClusterIPs {
+		if famOf(cip) != f {
+			continue
+		}
+		switch r {
+		case roleInternal:
+			return d.kernelGroup(setEndpoints, frontendKey(cip, p.Protocol, p.Port), f, r)
+		case roleCluster, roleLocal:
+			m, npm := setEndpoints, setNodePortEndpoints
+			if r == roleLocal {
+				m, npm = setLocalEndpoints, setNodePortLocalEps
+			}
+			for _, a := range slices.Concat(p.ExternalIPs, p.LoadBalancerIPs) {
+				if famOf(a) == f {
+					return d.kernelGroup(m, frontendKey(a, p.Protocol, p.Port), f, r)
+				}
+			}
+			if p.NodePort != 0 {
+				return d.kernelGroup(npm, nodePortKey(p.Protocol, p.NodePort), f, r)
+			}
+		}
+	}
+	return nil
 }
 
 // elements computes the elements port p contributes, given its plan.
@@ -149,7 +179,7 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 	// buckets adds the 64 elements of key's buckets in map s.
 	bucketsOf := func(s setID, key []byte, g *group) {
 		for b, i := range g.buckets {
-			el(g.fam, s, slices.Concat(key, binaryutil.NativeEndian.PutUint32(uint32(b))), elemVal{val: string(addrPort(g.eps[i]))})
+			el(g.fam, s, bucketKey(key, uint32(b)), elemVal{val: string(addrPort(g.eps[i]))})
 		}
 	}
 	for _, g := range pl.groups {
@@ -254,6 +284,11 @@ func nodePortKey(proto dataplane.Protocol, port uint16) []byte {
 	b := []byte{byte(proto), 0, 0, 0}
 	b = binary.BigEndian.AppendUint16(b, port)
 	return append(b, 0, 0)
+}
+
+// bucketKey appends a bucket number, in the byte order numgen writes it.
+func bucketKey(key []byte, bucket uint32) []byte {
+	return slices.Concat(key, binaryutil.NativeEndian.PutUint32(bucket))
 }
 
 func addrPort(ap netip.AddrPort) []byte {

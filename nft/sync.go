@@ -28,10 +28,31 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("nft: sync not started: %w", err)
 	}
+	if d.st != nil {
+		// Has anything else committed since our last commit? Then make
+		// sure our table is still whole.
+		if g, err := d.generation(); err != nil || g != d.lastGen {
+			if ok, verr := d.verify(); err != nil || verr != nil || !ok {
+				d.st = nil
+			} else {
+				d.lastGen = g
+			}
+		}
+	}
 	full := d.st == nil
+	fresh := full // nothing is known of earlier endpoints
+	d.adopted = false
 	if full {
-		d.st = newStore()
 		d.svcs = make(map[dataplane.PortName]*svcState)
+		st, err := d.adopt()
+		if err != nil {
+			return fmt.Errorf("nft: read table inet %s: %w", d.cfg.Table, err)
+		}
+		if st != nil {
+			d.st, full, d.adopted = st, false, true
+		} else {
+			d.st = newStore()
+		}
 	}
 	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
 	stale := d.staleCT // entries a failed cleanup left behind
@@ -47,9 +68,9 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 			continue
 		}
 		s := d.applyPort(old, p)
-		if !full {
-			// After a rebuild nothing is known of earlier endpoints, and
-			// entries DNATed by earlier rules stay valid.
+		if !fresh {
+			// After a rebuild or adoption nothing is known of earlier
+			// endpoints, and entries DNATed by earlier rules stay valid.
 			stale = append(stale, staleFlows(old, p, s.groups)...)
 		}
 		d.svcs[p.Name] = s
@@ -83,6 +104,9 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	}
 	d.st.committed()
 	d.lastElems = n
+	if g, err := d.generation(); err == nil {
+		d.lastGen = g
+	}
 	if err := d.clearConntrack(stale); err != nil {
 		d.staleCT = stale // try again next Sync
 		return fmt.Errorf("nft: rules applied, but %w", err)
@@ -109,6 +133,10 @@ func (d *Dataplane) queueTable() {
 		d.conn.AddSet(s, nil)
 	}
 	for _, r := range d.rules(c) {
+		if r.chain == c.natPrerouting {
+			// Lets a later Dataplane recognise a table it may adopt.
+			r.comment += " (" + fingerprintPrefix + d.fingerprint + ")"
+		}
 		d.conn.AddRule(&nftables.Rule{
 			Table:    d.table,
 			Chain:    r.chain,
@@ -195,6 +223,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	d.conn.AddTable(d.table)
 	d.conn.DelTable(d.table)
 	d.st = nil
+	d.svcs = nil
 	if err := d.conn.Flush(); err != nil {
 		return fmt.Errorf("nft: delete table inet %s: %w", d.cfg.Table, err)
 	}

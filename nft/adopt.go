@@ -1,0 +1,239 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Adoption and tamper repair.
+//
+// A Dataplane keeps what it programmed in memory and diffs against that,
+// so that a Sync reads nothing from the kernel. Two things make the memory
+// wrong: a new Dataplane (a restarted proxy) starts with none, and another
+// program may change the table behind its back. For the first, the first
+// Sync adopts the table when its rules are exactly the ones this
+// Dataplane would write (the ruleset fingerprint in a rule comment says
+// so): it reads the elements once and then sends only the differences,
+// so nothing is rewritten and open connections are not disturbed. For the
+// second, every Sync asks the kernel for the nftables generation (one
+// small message); when something else has committed since our last
+// commit, it checks that the table, chains, rules and sets are all still
+// there and rebuilds the table atomically if not. Elements removed one by
+// one behind its back are not detected by this check.
+
+// fingerprintRule is the rule whose comment carries the fingerprint.
+const fingerprintPrefix = "svcplane ruleset "
+
+// computeFingerprint hashes the table's fixed shape: chains, rules and
+// sets, as this Dataplane's Config makes them.
+func (d *Dataplane) computeFingerprint() string {
+	h := sha256.New()
+	c := newChains(d.table)
+	for _, ch := range c.all() {
+		fmt.Fprintf(h, "chain %s %v %v %s\n", ch.Name, ptrVal(ch.Hooknum), ptrVal(ch.Priority), ch.Type)
+	}
+	for _, s := range d.sets {
+		fmt.Fprintf(h, "set %s %s %s %v %v %v\n", s.Name, s.KeyType.Name, s.DataType.Name, s.IsMap, s.Interval, s.Concatenation)
+	}
+	ids := make([]uint32, len(d.sets))
+	for i, s := range d.sets {
+		ids[i], s.ID = s.ID, 0
+	}
+	for _, r := range d.rules(c) {
+		j, _ := json.Marshal(r.exprs)
+		fmt.Fprintf(h, "rule %s %s %s\n", r.chain.Name, r.comment, j)
+	}
+	for i, s := range d.sets {
+		s.ID = ids[i]
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func ptrVal[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// verify reports whether the kernel holds this Dataplane's table with
+// every chain, rule and set it should have.
+func (d *Dataplane) verify() (bool, error) {
+	chains, err := d.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list chains: %w", err)
+	}
+	have := make(map[string]*nftables.Chain)
+	for _, ch := range chains {
+		if ch.Table.Name == d.cfg.Table {
+			have[ch.Name] = ch
+		}
+	}
+	c := newChains(d.table)
+	want := make(map[string]int)
+	for _, r := range d.rules(c) {
+		want[r.chain.Name]++
+	}
+	for _, ch := range c.all() {
+		got, ok := have[ch.Name]
+		if !ok {
+			return false, nil
+		}
+		rules, err := d.conn.GetRules(d.table, got)
+		if err != nil {
+			return false, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+		}
+		if len(rules) != want[ch.Name] {
+			return false, nil
+		}
+		if ch == c.natPrerouting {
+			comment, _ := userdata.GetString(rules[0].UserData, userdata.TypeComment)
+			if !strings.Contains(comment, fingerprintPrefix+d.fingerprint) {
+				return false, nil
+			}
+		}
+	}
+	sets, err := d.conn.GetSets(d.table)
+	if err != nil {
+		return false, fmt.Errorf("list sets: %w", err)
+	}
+	names := make(map[string]bool, len(sets))
+	for _, s := range sets {
+		names[s.Name] = true
+	}
+	for _, s := range d.sets {
+		if !names[s.Name] {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// adopt reads the table's elements into a store when the kernel holds
+// exactly our ruleset, so that the next Sync sends only differences. It
+// returns nil when there is nothing to adopt.
+func (d *Dataplane) adopt() (*store, error) {
+	gen, err := d.generation()
+	if err != nil {
+		return nil, err
+	}
+	for try := 0; try < 3; try++ {
+		if _, err := d.conn.ListTableOfFamily(d.cfg.Table, nftables.TableFamilyINet); err != nil {
+			return nil, nil // no table: nothing to adopt
+		}
+		ok, err := d.verify()
+		if err != nil || !ok {
+			return nil, err
+		}
+		st := newStore()
+		for i, s := range d.sets {
+			elems, err := d.conn.GetSetElements(s)
+			if err != nil {
+				return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
+			}
+			for _, e := range elems {
+				if e.IntervalEnd {
+					continue
+				}
+				k := elemKey{setID(i), string(e.Key)}
+				st.applied[k] = elemVal{val: string(e.Val), keyEnd: string(e.KeyEnd), comment: e.Comment}
+				st.dirty[k] = struct{}{} // compared with what is wanted at the next flush
+			}
+		}
+		// Dumps do not report interruption: retry when something
+		// committed while we read.
+		again, err := d.generation()
+		if err != nil {
+			return nil, err
+		}
+		if again == gen {
+			d.lastGen = gen
+			return st, nil
+		}
+		gen = again
+	}
+	return nil, nil
+}
+
+// kernelGroup rebuilds the bucket assignment the kernel holds for key in
+// map s, so that an adopted table keeps its buckets where they are.
+func (d *Dataplane) kernelGroup(s setID, key []byte, f int, r role) *group {
+	g := &group{fam: f, role: r}
+	index := make(map[netip.AddrPort]int)
+	for b := range g.buckets {
+		v, ok := d.st.applied[elemKey{sid(f, s), string(bucketKey(key, uint32(b)))}]
+		if !ok {
+			return nil
+		}
+		ap, ok := decodeAddrPort(f, []byte(v.val))
+		if !ok {
+			return nil
+		}
+		i, seen := index[ap]
+		if !seen {
+			i = len(g.eps)
+			index[ap] = i
+			g.eps = append(g.eps, ap)
+		}
+		g.buckets[b] = i
+	}
+	return g
+}
+
+func decodeAddrPort(f int, b []byte) (netip.AddrPort, bool) {
+	n := int(addrLen[f])
+	if len(b) < n+2 {
+		return netip.AddrPort{}, false
+	}
+	a, ok := netip.AddrFromSlice(b[:n])
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a, uint16(b[n])<<8|uint16(b[n+1])), true
+}
+
+// generation returns the namespace's nftables generation.
+func (d *Dataplane) generation() (uint32, error) {
+	if d.genConn == nil {
+		cfg := &netlink.Config{}
+		if d.nsFd >= 0 {
+			cfg.NetNS = d.nsFd
+		}
+		c, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+		if err != nil {
+			return 0, fmt.Errorf("dial netfilter netlink: %w", err)
+		}
+		d.genConn = c
+	}
+	msgs, err := d.genConn.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read nftables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, err
+		}
+		for ad.Next() {
+			if b := ad.Bytes(); ad.Type() == unix.NFTA_GEN_ID && len(b) == 4 {
+				return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("read nftables generation: no generation in the answer")
+}
