@@ -66,11 +66,23 @@ func ptrVal[T any](p *T) any {
 }
 
 // verify reports whether the kernel holds this Dataplane's table with
-// every chain, rule and set it should have.
+// every chain, rule and set it should have, affinity ones included.
 func (d *Dataplane) verify() (bool, error) {
+	ok, _, err := d.verifyWith(d.affChains)
+	return ok, err
+}
+
+// verifyWith is verify for the given affinity timeouts; it also returns
+// the timeouts whose affinity chains exist in the kernel.
+func (d *Dataplane) verifyWith(aff map[int64]bool) (bool, map[int64]bool, error) {
+	ok, found, err := d.verifyBase(aff)
+	return ok, found, err
+}
+
+func (d *Dataplane) verifyBase(aff map[int64]bool) (bool, map[int64]bool, error) {
 	chains, err := d.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return false, fmt.Errorf("list chains: %w", err)
+		return false, nil, fmt.Errorf("list chains: %w", err)
 	}
 	have := make(map[string]*nftables.Chain)
 	for _, ch := range chains {
@@ -78,33 +90,50 @@ func (d *Dataplane) verify() (bool, error) {
 			have[ch.Name] = ch
 		}
 	}
+	found := make(map[int64]bool)
+	for name := range have {
+		var t int64
+		if n, _ := fmt.Sscanf(name, "affinity-%ds", &t); n == 1 && name == fmt.Sprintf("affinity-%ds", t) {
+			found[t] = true
+		}
+	}
 	c := newChains(d.table)
+	all := c.all()
 	want := make(map[string]int)
 	for _, r := range d.rules(c) {
 		want[r.chain.Name]++
 	}
-	for _, ch := range c.all() {
+	var affSets []string
+	for t := range aff {
+		a := d.affinityObjects(t)
+		all = append(all, a.chain, a.npChain)
+		for _, r := range d.affinityRules(a) {
+			want[r.chain.Name]++
+		}
+		affSets = append(affSets, a.sets[v4].Name, a.sets[v6].Name)
+	}
+	for _, ch := range all {
 		got, ok := have[ch.Name]
 		if !ok {
-			return false, nil
+			return false, nil, nil
 		}
 		rules, err := d.conn.GetRules(d.table, got)
 		if err != nil {
-			return false, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+			return false, nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
 		}
 		if len(rules) != want[ch.Name] {
-			return false, nil
+			return false, nil, nil
 		}
 		if ch == c.natPrerouting {
 			comment, _ := userdata.GetString(rules[0].UserData, userdata.TypeComment)
 			if !strings.Contains(comment, fingerprintPrefix+d.fingerprint) {
-				return false, nil
+				return false, nil, nil
 			}
 		}
 	}
 	sets, err := d.conn.GetSets(d.table)
 	if err != nil {
-		return false, fmt.Errorf("list sets: %w", err)
+		return false, nil, fmt.Errorf("list sets: %w", err)
 	}
 	names := make(map[string]bool, len(sets))
 	for _, s := range sets {
@@ -112,10 +141,15 @@ func (d *Dataplane) verify() (bool, error) {
 	}
 	for _, s := range d.sets {
 		if !names[s.Name] {
-			return false, nil
+			return false, nil, nil
 		}
 	}
-	return true, nil
+	for _, n := range affSets {
+		if !names[n] {
+			return false, nil, nil
+		}
+	}
+	return true, found, nil
 }
 
 // adopt reads the table's elements into a store when the kernel holds
@@ -130,12 +164,30 @@ func (d *Dataplane) adopt() (*store, error) {
 		if _, err := d.conn.ListTableOfFamily(d.cfg.Table, nftables.TableFamilyINet); err != nil {
 			return nil, nil // no table: nothing to adopt
 		}
-		ok, err := d.verify()
+		// Find the affinity timeouts the table has, then check it all.
+		_, found, err := d.verifyWith(nil)
+		if err != nil {
+			return nil, err
+		}
+		ok, _, err := d.verifyWith(found)
 		if err != nil || !ok {
 			return nil, err
 		}
+		d.affChains = found
 		st := newStore()
 		for i, s := range d.sets {
+			if s.DataType == nftables.TypeVerdict {
+				elems, err := d.verdictElements(s)
+				if err != nil {
+					return nil, err
+				}
+				for key, v := range elems {
+					k := elemKey{setID(i), key}
+					st.applied[k] = v
+					st.dirty[k] = struct{}{}
+				}
+				continue
+			}
 			elems, err := d.conn.GetSetElements(s)
 			if err != nil {
 				return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
@@ -236,4 +288,88 @@ func (d *Dataplane) generation() (uint32, error) {
 		}
 	}
 	return 0, fmt.Errorf("read nftables generation: no generation in the answer")
+}
+
+// verdictElements reads a verdict map's elements with their jump targets,
+// which google/nftables v0.3.0 does not decode.
+func (d *Dataplane) verdictElements(s *nftables.Set) (map[string]elemVal, error) {
+	if _, err := d.generation(); err != nil { // dials genConn
+		return nil, err
+	}
+	req, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: []byte(d.cfg.Table + "\x00")},
+		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: []byte(s.Name + "\x00")},
+	})
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := d.genConn.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM), Flags: netlink.Request | netlink.Dump},
+		Data:   append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, req...),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list elements of %s: %w", s.Name, err)
+	}
+	out := make(map[string]elemVal)
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, err
+		}
+		for ad.Next() {
+			if ad.Type() != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+				continue
+			}
+			ad.Nested(func(list *netlink.AttributeDecoder) error {
+				for list.Next() {
+					var key, chain, comment string
+					list.Nested(func(el *netlink.AttributeDecoder) error {
+						for el.Next() {
+							switch el.Type() {
+							case unix.NFTA_SET_ELEM_KEY:
+								el.Nested(func(v *netlink.AttributeDecoder) error {
+									for v.Next() {
+										if v.Type() == unix.NFTA_DATA_VALUE {
+											key = string(v.Bytes())
+										}
+									}
+									return nil
+								})
+							case unix.NFTA_SET_ELEM_USERDATA:
+								comment, _ = userdata.GetString(el.Bytes(), userdata.NFTNL_UDATA_SET_ELEM_COMMENT)
+							case unix.NFTA_SET_ELEM_DATA:
+								el.Nested(func(v *netlink.AttributeDecoder) error {
+									for v.Next() {
+										if v.Type() == unix.NFTA_DATA_VERDICT {
+											v.Nested(func(vd *netlink.AttributeDecoder) error {
+												for vd.Next() {
+													if vd.Type() == unix.NFTA_VERDICT_CHAIN {
+														chain = strings.TrimRight(vd.String(), "\x00")
+													}
+												}
+												return nil
+											})
+										}
+									}
+									return nil
+								})
+							}
+						}
+						return nil
+					})
+					if key != "" {
+						out[key] = elemVal{jump: chain, comment: comment}
+					}
+				}
+				return nil
+			})
+		}
+		if err := ad.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

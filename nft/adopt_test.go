@@ -2,7 +2,9 @@ package nft
 
 import (
 	"context"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 
@@ -34,6 +36,15 @@ func TestAdoptWritesNothing(t *testing.T) {
 	ns := newTestNS(t)
 	ctx := context.Background()
 	st := manyPorts(50)
+	// Every kind of frontend and policy, affinity included.
+	st.Ports[0].NodePort = 30100
+	st.Ports[0].LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.6")}
+	st.Ports[0].SourceRanges = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/25")}
+	st.Ports[0].Affinity = 30 * time.Second
+	st.Ports[1].ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.7")}
+	st.Ports[1].ExternalLocal, st.Ports[1].NodePort = true, 30101
+	st.Ports[1].Endpoints[0].NodeName = "node-a"
+	st.Ports[2].InternalLocal = true
 	d1 := newDP(t, ns)
 	if err := d1.Sync(ctx, st); err != nil {
 		t.Fatal(err)

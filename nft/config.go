@@ -56,6 +56,8 @@ type Dataplane struct {
 	// after our last commit.
 	genConn *netlink.Conn
 	lastGen uint32
+	// affChains are the affinity timeouts (seconds) whose objects exist.
+	affChains map[int64]bool
 	// staleCT holds conntrack cleanups a failed Sync could not finish.
 	staleCT []staleFlow
 	// lastElems is how many element changes the last Sync sent.

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/netnsutil"
@@ -62,7 +63,18 @@ func TestRulesetReadable(t *testing.T) {
 		t.Skip("the nft tool is not installed (make test installs it)")
 	}
 	d := newDP(t, ns)
-	if err := d.Sync(context.Background(), &dataplane.State{Ports: []dataplane.ServicePort{testPort(1)}}); err != nil {
+	// Every kind of frontend and policy, so that every rule and set
+	// exists and must print.
+	p := testPort(1)
+	p.NodePort = 30123
+	p.ExternalIPs = []netip.Addr{netip.MustParseAddr("203.0.113.5")}
+	p.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.6"), netip.MustParseAddr("2001:db8:beef::6")}
+	p.SourceRanges = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/25")}
+	p.Affinity = 10800 * time.Second
+	q := testPort(2)
+	q.ExternalLocal, q.NodePort, q.Affinity = true, 30124, 10*time.Second
+	q.Endpoints[0].NodeName = "node-a"
+	if err := d.Sync(context.Background(), &dataplane.State{Ports: []dataplane.ServicePort{p, q}}); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command("nsenter", "--net="+ns.Path(), "nft", "list", "table", "inet", DefaultTable).CombinedOutput()
@@ -74,6 +86,11 @@ func TestRulesetReadable(t *testing.T) {
 		`2001:db8:ffff::1 . tcp . 80 comment "default/svc-1:http"`,
 		`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 64 map @endpoints-v4`,
 		`198.19.0.1 . tcp . 80 . 0x0000003f : 198.18.1.12 . 8080`,
+		`firewall-allow-v4`,
+		`203.0.113.6 . tcp . 80 . 192.0.2.0/25`,
+		`chain affinity-10800s {`,
+		`chain affinity-10s-nodeports {`,
+		`numgen random mod 1 offset 63`,
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("nft list table lacks %q:\n%s", want, out)

@@ -36,6 +36,8 @@ const (
 	setFirewall                         // LB frontends with source ranges
 	setFirewallAllow                    // frontend . allowed source range
 	setHairpin                          // endpoint . endpoint
+	setAffinityFrontends                // frontend → jump affinity-<T>s
+	setAffinityNodePorts                // NodePort → jump affinity-<T>s-nodeports
 	setsPerFamily
 )
 
@@ -89,6 +91,13 @@ func newSets(t *nftables.Table) []*nftables.Set {
 		allow.Interval, allow.Concatenation = true, true
 		sets[setFirewallAllow] = allow
 		sets[setHairpin] = set("hairpin", nftables.MustConcatSetType(addr[f], addr[f]), "endpoint . endpoint: an endpoint reaching itself through a service is masqueraded")
+		vmap := func(name string, key nftables.SetDatatype, comment string) *nftables.Set {
+			s := set(name, key, comment)
+			s.IsMap, s.DataType = true, nftables.TypeVerdict
+			return s
+		}
+		sets[setAffinityFrontends] = vmap("affinity-frontends", front, "frontends of services with ClientIP affinity: jump to the chain for the service's timeout")
+		sets[setAffinityNodePorts] = vmap("affinity-nodeports", nodePort, "NodePorts of services with ClientIP affinity: jump to the chain for the service's timeout")
 		out = append(out, sets...)
 	}
 	return out
@@ -324,6 +333,15 @@ func (d *Dataplane) rules(c chains) []rule {
 				matchFamily(f).add(where...).add(np...).add(d.lookup(f, setNodePortsCluster, reg0, false)).add(d.markMasq()...))
 			add(c.services, "mark "+fam+" NodePort traffic from the node with externalTrafficPolicy Local for masquerading",
 				matchFamily(f).add(where...).add(fibLocal(true, false)...).add(np...).add(d.lookup(f, setNodePortsLocal, reg0, false)).add(d.markMasq()...))
+		}
+
+		// ClientIP affinity: services with it jump to the chain for their
+		// timeout, which DNATs remembered and new clients alike.
+		add(c.services, "send "+fam+" traffic to services with ClientIP affinity to the chain for their timeout",
+			matchFamily(f).add(front...).add(d.vmapJump(f, setAffinityFrontends, reg0)))
+		for _, where := range d.nodePortAddrs(f) {
+			add(c.services, "send "+fam+" NodePort traffic to services with ClientIP affinity to the chain for their timeout",
+				matchFamily(f).add(where...).add(np...).add(d.vmapJump(f, setAffinityNodePorts, reg0)))
 		}
 
 		// DNAT (the first that matches ends the chain).

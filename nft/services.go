@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/google/nftables/binaryutil"
 
@@ -247,6 +248,18 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 		for _, a := range p.LoadBalancerIPs {
 			if famOf(a) == f {
 				external(a, true)
+			}
+		}
+		if p.Affinity > 0 {
+			a := d.affinityObjects(int64(p.Affinity / time.Second))
+			el(f, setAffinityFrontends, front, elemVal{jump: a.chain.Name, comment: comment})
+			for _, x := range slices.Concat(p.ExternalIPs, p.LoadBalancerIPs) {
+				if famOf(x) == f {
+					el(f, setAffinityFrontends, frontendKey(x, p.Protocol, p.Port), elemVal{jump: a.chain.Name, comment: comment})
+				}
+			}
+			if p.NodePort != 0 {
+				el(f, setAffinityNodePorts, nodePortKey(p.Protocol, p.NodePort), elemVal{jump: a.npChain.Name, comment: comment})
 			}
 		}
 		if p.NodePort != 0 {

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 )
 
 // elemKey identifies one element: the set and the key bytes.
@@ -14,6 +15,7 @@ type elemKey struct {
 type elemVal struct {
 	val     string
 	keyEnd  string // interval sets: the last key of the range
+	jump    string // verdict maps: the chain to jump to
 	comment string
 }
 
@@ -123,6 +125,9 @@ func delElement(k elemKey, v elemVal) nftables.SetElement {
 
 func setElement(k elemKey, v elemVal) nftables.SetElement {
 	e := nftables.SetElement{Key: []byte(k.key), Comment: v.comment}
+	if v.jump != "" {
+		e.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: v.jump}
+	}
 	if v.keyEnd != "" {
 		e.KeyEnd = []byte(v.keyEnd)
 	}

@@ -3,7 +3,9 @@ package nft
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -83,6 +85,8 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		}
 	}
 	changes, n := d.st.pending(len(d.sets))
+	affAdd, affDel := d.affinityChanges(full)
+	n += len(affAdd) + len(affDel)
 	if !full && n == 0 {
 		d.lastElems = 0
 		return d.clearConntrack(stale)
@@ -94,15 +98,26 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	if full {
 		d.queueTable()
 	}
+	for _, t := range affAdd {
+		d.queueAffinity(t)
+	}
 	if err := d.queueElements(changes); err != nil {
 		d.st = nil
 		return fmt.Errorf("nft: encode batch, nothing changed: %w", err)
+	}
+	for _, t := range affDel {
+		a := d.affinityObjects(t)
+		d.conn.DelChain(a.chain)
+		d.conn.DelChain(a.npChain)
+		d.conn.DelSet(a.sets[v4])
+		d.conn.DelSet(a.sets[v6])
 	}
 	if err := d.conn.Flush(); err != nil {
 		d.st = nil // rebuild on the next Sync
 		return fmt.Errorf("nft: commit batch to table inet %s (the kernel kept its previous state; the next Sync rebuilds the table): %w", d.cfg.Table, err)
 	}
 	d.st.committed()
+	d.affChains = d.wantAffinity()
 	d.lastElems = n
 	if g, err := d.generation(); err == nil {
 		d.lastGen = g
@@ -147,6 +162,64 @@ func (d *Dataplane) queueTable() {
 }
 
 var setIDs atomic.Uint32
+
+// queueAffinity queues the sets, chains and rules of one affinity
+// timeout.
+func (d *Dataplane) queueAffinity(seconds int64) {
+	a := d.affinityObjects(seconds)
+	for _, s := range a.sets {
+		s.ID = setIDs.Add(1)
+		d.conn.AddSet(s, nil)
+	}
+	d.conn.AddChain(a.chain)
+	d.conn.AddChain(a.npChain)
+	for _, r := range d.affinityRules(a) {
+		d.queueRule(r)
+	}
+}
+
+func (d *Dataplane) queueRule(r rule) {
+	d.conn.AddRule(&nftables.Rule{
+		Table:    d.table,
+		Chain:    r.chain,
+		Exprs:    r.exprs,
+		UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment),
+	})
+}
+
+// wantAffinity returns the affinity timeouts (seconds) the synced ports
+// use; each has its own sets and chains.
+func (d *Dataplane) wantAffinity() map[int64]bool {
+	out := make(map[int64]bool)
+	for _, s := range d.svcs {
+		if s.port.Affinity > 0 {
+			out[int64(s.port.Affinity/time.Second)] = true
+		}
+	}
+	return out
+}
+
+// affinityChanges returns the affinity timeouts whose objects must be
+// created and deleted.
+func (d *Dataplane) affinityChanges(full bool) (add, del []int64) {
+	want, have := d.wantAffinity(), d.affChains
+	if full {
+		have = nil
+	}
+	for t := range want {
+		if !have[t] {
+			add = append(add, t)
+		}
+	}
+	for t := range have {
+		if !want[t] {
+			del = append(del, t)
+		}
+	}
+	slices.Sort(add)
+	slices.Sort(del)
+	return add, del
+}
 
 // maxChunk bounds the encoded size of the elements in one netlink
 // message: google/nftables puts them in one attribute, whose 16-bit length
@@ -224,6 +297,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	d.conn.DelTable(d.table)
 	d.st = nil
 	d.svcs = nil
+	d.affChains = nil
 	if err := d.conn.Flush(); err != nil {
 		return fmt.Errorf("nft: delete table inet %s: %w", d.cfg.Table, err)
 	}
