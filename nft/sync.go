@@ -14,10 +14,11 @@ import (
 )
 
 // Sync makes the table match desired in one atomic netlink batch. The
-// first Sync of a Dataplane (and the first after a failed one) rebuilds the
-// whole table in that batch; later ones send only the elements that
-// changed, and nothing at all when nothing did. An invalid State returns
-// its validation error and changes nothing.
+// first Sync of a Dataplane adopts a table a predecessor left when its
+// rules are exactly this Dataplane's, and otherwise (or after a failed
+// Sync) rebuilds the whole table in that batch; later ones send only the
+// elements that changed, and nothing at all when nothing did. An invalid
+// State returns its validation error and changes nothing.
 func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	if err := desired.Validate(); err != nil {
 		return fmt.Errorf("nft: invalid state, nothing changed: %w", err)
@@ -30,63 +31,11 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("nft: sync not started: %w", err)
 	}
-	if d.st != nil {
-		// Has anything else committed since our last commit? Then make
-		// sure our table is still whole.
-		if g, err := d.generation(); err != nil || g != d.lastGen {
-			if ok, verr := d.verify(); err != nil || verr != nil || !ok {
-				d.st = nil
-			} else {
-				d.lastGen = g
-			}
-		}
+	t, err := d.prepare(desired)
+	if err != nil {
+		return err
 	}
-	full := d.st == nil
-	fresh := full // nothing is known of earlier endpoints
-	d.adopted = false
-	if full {
-		d.svcs = make(map[dataplane.PortName]*svcState)
-		st, err := d.adopt()
-		if err != nil {
-			return fmt.Errorf("nft: read table inet %s: %w", d.cfg.Table, err)
-		}
-		if st != nil {
-			d.st, full, d.adopted = st, false, true
-		} else {
-			d.st = newStore()
-		}
-	}
-	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
-	stale := d.staleCT // entries a failed cleanup left behind
-	d.staleCT = nil
-	for i := range desired.Ports {
-		p := &desired.Ports[i]
-		if len(p.ClusterIPs) == 0 {
-			continue // headless: nothing to program
-		}
-		seen[p.Name] = true
-		old := d.svcs[p.Name]
-		if old != nil && equalPort(&old.port, p) {
-			continue
-		}
-		s := d.applyPort(old, p)
-		if !fresh {
-			// After a rebuild or adoption nothing is known of earlier
-			// endpoints, and entries DNATed by earlier rules stay valid.
-			stale = append(stale, staleFlows(old, p, s.groups)...)
-		}
-		d.svcs[p.Name] = s
-	}
-	for name, s := range d.svcs {
-		if !seen[name] {
-			stale = append(stale, staleFlows(s, &s.port, nil)...)
-			d.removePort(s)
-			delete(d.svcs, name)
-		}
-	}
-	changes, n := d.st.pending(len(d.sets))
-	affAdd, affDel := d.affinityChanges(full)
-	n += len(affAdd) + len(affDel)
+	full, changes, n, affAdd, affDel, stale := t.full, t.changes, t.n, t.affAdd, t.affDel, t.stale
 	if !full && n == 0 {
 		d.lastElems = 0
 		return d.clearConntrack(stale)
@@ -302,4 +251,78 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 		return fmt.Errorf("nft: delete table inet %s: %w", d.cfg.Table, err)
 	}
 	return nil
+}
+
+// txn is what a Sync will send.
+type txn struct {
+	full           bool // rebuild the whole table
+	changes        []change
+	n              int // element, chain and set changes
+	affAdd, affDel []int64
+	stale          []staleFlow
+}
+
+// prepare brings the in-memory model to desired (adopting or checking the
+// kernel table first) and returns what must be sent. It changes nothing in
+// the kernel.
+func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
+	if d.st != nil {
+		// Has anything else committed since our last commit? Then make
+		// sure our table is still whole.
+		if g, err := d.generation(); err != nil || g != d.lastGen {
+			if ok, verr := d.verify(); err != nil || verr != nil || !ok {
+				d.st = nil
+			} else {
+				d.lastGen = g
+			}
+		}
+	}
+	full := d.st == nil
+	fresh := full // nothing is known of earlier endpoints
+	d.adopted = false
+	if full {
+		d.svcs = make(map[dataplane.PortName]*svcState)
+		st, err := d.adopt()
+		if err != nil {
+			return nil, fmt.Errorf("nft: read table inet %s: %w", d.cfg.Table, err)
+		}
+		if st != nil {
+			d.st, full, d.adopted = st, false, true
+		} else {
+			d.st = newStore()
+		}
+	}
+	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
+	stale := d.staleCT // entries a failed cleanup left behind
+	d.staleCT = nil
+	for i := range desired.Ports {
+		p := &desired.Ports[i]
+		if len(p.ClusterIPs) == 0 {
+			continue // headless: nothing to program
+		}
+		seen[p.Name] = true
+		old := d.svcs[p.Name]
+		if old != nil && equalPort(&old.port, p) {
+			continue
+		}
+		s := d.applyPort(old, p)
+		if !fresh {
+			// After a rebuild or adoption nothing is known of earlier
+			// endpoints, and entries DNATed by earlier rules stay valid.
+			stale = append(stale, staleFlows(old, p, s.groups)...)
+		}
+		d.svcs[p.Name] = s
+	}
+	for name, s := range d.svcs {
+		if !seen[name] {
+			stale = append(stale, staleFlows(s, &s.port, nil)...)
+			d.removePort(s)
+			delete(d.svcs, name)
+		}
+	}
+	t := &txn{full: full, stale: stale}
+	t.changes, t.n = d.st.pending(len(d.sets))
+	t.affAdd, t.affDel = d.affinityChanges(full)
+	t.n += len(t.affAdd) + len(t.affDel)
+	return t, nil
 }
