@@ -41,6 +41,7 @@ fmt:
 KERNELS ?= 6.1 6.12
 VM_PKGS ?=
 VM_TESTFLAGS ?=
+VM_ENV ?=
 VM_TEST_TIMEOUT ?= 20m
 VM_TIMEOUT ?= 3600
 
@@ -48,7 +49,7 @@ VM_TIMEOUT ?= 3600
 
 ## test-vm: the kernel-facing test packages inside QEMU on the newest Debian 6.1 and 6.12 kernels, verbose (root; KERNELS="6.1 6.12", VM_PKGS=./nft, VM_TESTFLAGS=-test.run=X)
 test-vm: deps
-	@KERNELS="$(KERNELS)" VM_PKGS="$(VM_PKGS)" VM_TESTFLAGS="$(VM_TESTFLAGS)" \
+	@KERNELS="$(KERNELS)" VM_PKGS="$(VM_PKGS)" VM_TESTFLAGS="$(VM_TESTFLAGS)" VM_ENV="$(VM_ENV)" \
 	  VM_TEST_TIMEOUT="$(VM_TEST_TIMEOUT)" VM_TIMEOUT="$(VM_TIMEOUT)" ./scripts/vm/test.sh
 
 ## vm-kernels: only download the KERNELS and build their initramfs (cached under ~/.cache/svcplane/vm)

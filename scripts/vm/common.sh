@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts in scripts/vm/ (sourced, not run). Bash only.
 #
 # Kernel versions are named as `uname -r` names them inside the guest
@@ -6,6 +7,8 @@
 
 # The cache lives outside the repo so a fresh clone, `git clean` or another
 # work tree reuses it: one directory per kernel version.
+# (HOME may be unset in a CI job: then the passwd entry's home.)
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
 VM_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/svcplane/vm"
 
 vm_log() { echo "vm: $*" >&2; }
@@ -53,7 +56,8 @@ vm_resolve_kernel() {
   fi
   if [ -z "$names" ]; then
     # Offline fallback: what an earlier run left in the cache.
-    names=$(cd "$VM_CACHE" 2>/dev/null && ls -d "$spec".0-*-amd64 "$spec".*+deb*-amd64 2>/dev/null | sed 's/^/linux-image-/') || true
+    names=$(find "$VM_CACHE" -mindepth 1 -maxdepth 1 \( -name "$spec.0-*-amd64" -o -name "$spec.*+deb*-amd64" \) \
+      -printf 'linux-image-%f\n' 2>/dev/null) || true
   fi
   [ -n "$names" ] || vm_die "no linux-image for kernel series $spec in the archive (apt-cache search '$re')"
   printf '%s\n' "$names" | sed 's/^linux-image-//' | sort -V | tail -n1

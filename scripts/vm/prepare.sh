@@ -16,7 +16,7 @@
 # Prints each ready version on stdout, one a line; logs go to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR
 source "$here/common.sh"
 
 [ $# -gt 0 ] || vm_die "usage: $0 KERNEL... (6.1, 6.12 or a full version such as 6.1.0-56-amd64)"

@@ -23,12 +23,12 @@
 # The kernel and initramfs come from prepare.sh (cached after the first run).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=common.sh
+# shellcheck source-path=SCRIPTDIR
 source "$here/common.sh"
 
 usage() { vm_die "usage: $0 --kernel K [--cwd DIR] [--timeout S] [--share DIR] [--env K=V]... [--expose DIR]... -- COMMAND [ARG...]"; }
 
-kernel= cwd=$PWD timeout=1800 share= envs=() expose=()
+kernel='' cwd=$PWD timeout=1800 share='' envs=() expose=()
 while [ $# -gt 0 ]; do
   case $1 in
   --kernel) kernel=${2:?}; shift 2 ;;
@@ -41,12 +41,12 @@ while [ $# -gt 0 ]; do
   *) usage ;;
   esac
 done
-[ -n "$kernel" ] && [ $# -gt 0 ] || usage
+if [ -z "$kernel" ] || [ $# -eq 0 ]; then usage; fi
 
 kver=$("$here/prepare.sh" "$kernel")
 dir=$VM_CACHE/$kver
 
-own_share=
+own_share=''
 if [ -z "$share" ]; then
   share=$(mktemp -d "${TMPDIR:-/tmp}/svcplane-vm.XXXXXX")
   own_share=1
@@ -55,8 +55,11 @@ share=$(cd "$share" && pwd -P)
 case $share in
 *[[:space:]]*) vm_die "the share's path may not contain spaces (it goes on the kernel command line): $share" ;;
 esac
+# shellcheck disable=SC2317 # run by the trap
 cleanup() { [ -z "$own_share" ] || rm -rf "$share"; }
 trap cleanup EXIT
+trap 'exit 130' INT # so that EXIT runs on Ctrl-C too
+trap 'exit 143' TERM
 
 # A command under the host's /tmp, /run or /var/tmp would be hidden behind
 # the guest's tmpfs there: copy it into the share, which the guest sees.
@@ -106,12 +109,14 @@ rm -f "$share/exit-code"
 # 9p shares; no NIC (the tests build their own networks in namespaces);
 # multidevs=remap because the exported root spans several host filesystems
 # (without it QEMU warns and inode numbers may collide). Stdin is /dev/null:
-# QEMU must neither read a terminal nor stop on SIGTTOU when `timeout` runs
-# it in the background. The console's CRLFs become LFs, and SeaBIOS's
-# terminal resets and screen clears go (they would wipe the caller's screen).
+# QEMU must not take over the terminal (nor the monitor's input). timeout
+# runs in the foreground so that Ctrl-C, or CI ending the process group,
+# reaches QEMU too instead of leaving it running. The console's CRLFs become
+# LFs, and SeaBIOS's terminal resets and screen clears go (they would wipe
+# the caller's screen).
 t0=$SECONDS
 set +e
-timeout -k 10 "$timeout" qemu-system-x86_64 \
+timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none \
   -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
   -append "console=ttyS0 quiet panic=-1 svcplane.share=$share${expose_list:+ svcplane.expose=$expose_list}" \
