@@ -11,6 +11,8 @@ import (
 
 	"github.com/svcplane/svcplane/conformance"
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/ipvs"
 	"github.com/svcplane/svcplane/nft"
 )
 
@@ -25,6 +27,33 @@ func TestConformance(t *testing.T) {
 		return
 	}
 	t.Run("nft", func(t *testing.T) { conformance.Run(t, nftFactory) })
+	t.Run("ipvs", func(t *testing.T) {
+		if err := ipvsAvailable(); err != nil {
+			t.Skipf("%v", err)
+		}
+		conformance.Run(t, ipvsFactory)
+	})
+}
+
+func ipvsFactory(t testing.TB, target conformance.Target) (dataplane.Dataplane, error) {
+	return ipvs.New(ipvs.Config{Node: target.Node, NetNS: target.NetNS})
+}
+
+// ipvsAvailable returns why the ipvs backend cannot run here, or nil.
+func ipvsAvailable() error {
+	if os.Geteuid() != 0 {
+		return nil // Run skips with its own reason
+	}
+	ns, err := netnsutil.New()
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	dp, err := ipvs.New(ipvs.Config{NetNS: ns.Path()})
+	if err != nil {
+		return err
+	}
+	return dp.Close()
 }
 
 // brokenEnv makes TestConformance run the suite against a backend that
