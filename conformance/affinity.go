@@ -136,22 +136,32 @@ func init() {
 		// second round (5 s in all) makes a false failure ~4e-15. A
 		// backend that ignores the timeout keeps every client where it
 		// was.
+		//
+		// With Profile.AffinityOutlivesConnections (IPVS), affinity lasts
+		// until its timeout has passed and every connection it placed has
+		// expired; closed TCP connections linger in IPVS for minutes, so
+		// the case uses UDP flows, which the backend is configured to
+		// expire within 1 s.
 		const timeout = 2 * time.Second
-		const idle = timeout + 500*time.Millisecond
+		idle := timeout + 500*time.Millisecond
+		proto := dataplane.TCP
+		if e.profile.AffinityOutlivesConnections {
+			proto, idle = dataplane.UDP, timeout+1500*time.Millisecond
+		}
 		eps := webs(e)
 		clients := clientPods(e, affinityPeers)
 		dst := ap(cip4(10), 80)
-		e.sync(state(affine(svc("web", "http", dataplane.TCP, 80, ips(cip4(10)), eps...), timeout)))
+		e.sync(state(affine(svc("web", "http", proto, 80, ips(cip4(10)), eps...), timeout)))
 		was := make([]string, len(clients))
 		for i, c := range clients {
-			was[i] = e.sticky(c, dataplane.TCP, dst, topo.RequestOptions{}, 3)
+			was[i] = e.sticky(c, proto, dst, topo.RequestOptions{}, 3)
 		}
 		for round := 1; ; round++ {
 			time.Sleep(idle)
 			moved := 0
 			now := make([]string, len(clients))
 			for i, c := range clients {
-				now[i] = e.hit(c, dataplane.TCP, dst).Pod
+				now[i] = e.hit(c, proto, dst).Pod
 				if now[i] != was[i] {
 					moved++
 				}

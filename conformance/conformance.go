@@ -16,6 +16,7 @@ import (
 
 	"github.com/svcplane/svcplane/conformance/topo"
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/kstate"
 )
 
@@ -52,8 +53,38 @@ func register(group, name string, run func(e *env)) *testCase {
 	return &cases[len(cases)-1]
 }
 
-// Run runs every case of the suite against the backend f builds.
+// Profile declares where a backend departs, by design, from kube-proxy's
+// nftables mode, which the suite checks by default. Each case that depends
+// on a field encodes the departure by name and says why; nothing is
+// skipped. The zero Profile is the nftables behaviour.
+type Profile struct {
+	// Name names the backend's behaviour in messages, e.g. "IPVS".
+	Name string
+	// NoLocalEndpointsRejects: where a Local traffic policy leaves a node
+	// without endpoints, the node rejects the traffic at once instead of
+	// dropping it. IPVS keeps the virtual server with no real servers and
+	// answers ICMP port unreachable when it has nowhere to send a
+	// connection, as kube-proxy's IPVS mode does.
+	NoLocalEndpointsRejects bool
+	// AffinityOutlivesConnections: ClientIP affinity expires after its
+	// timeout only once every connection it placed has expired too (IPVS
+	// persistence templates live as long as the connections they control,
+	// and a closed TCP connection stays in IPVS's TIME_WAIT for 2
+	// minutes). Affinity/Timeout then uses UDP flows, and the backend must
+	// be configured to expire idle UDP flows within 1 s.
+	AffinityOutlivesConnections bool
+}
+
+// Run runs every case of the suite against the backend f builds, with
+// kube-proxy's nftables behaviour as the reference.
 func Run(t *testing.T, f Factory) {
+	t.Helper()
+	RunProfile(t, f, Profile{})
+}
+
+// RunProfile is Run for a backend whose documented departures p
+// declares.
+func RunProfile(t *testing.T, f Factory, p Profile) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("conformance: needs root to create network namespaces; run `sudo make test` (or `make test-vm` for kernels this machine lacks)")
@@ -71,7 +102,7 @@ func Run(t *testing.T, f Factory) {
 			for _, c := range groups[g] {
 				t.Run(c.name, func(t *testing.T) {
 					t.Parallel()
-					runCase(t, f, c)
+					runCase(t, f, p, c)
 				})
 			}
 		})
@@ -80,17 +111,18 @@ func Run(t *testing.T, f Factory) {
 
 // env is one case's world: the topology and a Dataplane per node.
 type env struct {
-	t     *testing.T
-	ctx   context.Context
-	topo  *topo.Topology
-	dps   []dataplane.Dataplane
-	nodes []dataplane.Node
+	profile Profile
+	t       *testing.T
+	ctx     context.Context
+	topo    *topo.Topology
+	dps     []dataplane.Dataplane
+	nodes   []dataplane.Node
 	// factory and targets build a node's Dataplane again (restart).
 	factory Factory
 	targets []Target
 }
 
-func runCase(t *testing.T, f Factory, c testCase) {
+func runCase(t *testing.T, f Factory, p Profile, c testCase) {
 	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
 	t.Cleanup(cancel)
 	tp, err := topo.New(ctx, topo.Options{})
@@ -102,7 +134,7 @@ func runCase(t *testing.T, f Factory, c testCase) {
 			t.Errorf("tear down topology: %v", err)
 		}
 	})
-	e := &env{t: t, ctx: ctx, topo: tp, factory: f}
+	e := &env{t: t, ctx: ctx, topo: tp, factory: f, profile: p}
 	for i, n := range tp.Nodes {
 		model := n.NodeModel()
 		if c.nodeSetup != nil {
@@ -281,6 +313,24 @@ func (e *env) dropped(from *topo.Host, proto dataplane.Protocol, dst netip.AddrP
 		e.t.Fatalf("%s %s %s→ %s answered by %s from %s; want it dropped: %s", from.Name, proto, source(opt), dst, r.Pod, r.From, why)
 	case !topo.IsTimeout(err):
 		e.t.Fatalf("%s %s %s→ %s: %v; want it dropped silently (a timeout), not refused: %s", from.Name, proto, source(opt), dst, err, why)
+	}
+}
+
+// noLocalEndpoint requires what happens to traffic a Local policy leaves
+// without an endpoint on this node: dropped, or with
+// Profile.NoLocalEndpointsRejects rejected at once.
+func (e *env) noLocalEndpoint(from *topo.Host, proto dataplane.Protocol, dst netip.AddrPort, opt topo.RequestOptions, why string) {
+	e.t.Helper()
+	if !e.profile.NoLocalEndpointsRejects {
+		e.dropped(from, proto, dst, opt, why)
+		return
+	}
+	r, err := e.req(from, proto, dst, opt)
+	switch {
+	case err == nil:
+		e.t.Fatalf("%s %s → %s answered by %s; want it rejected (%s rejects where a Local policy leaves no endpoint): %s", from.Name, proto, dst, r.Pod, e.profile.Name, why)
+	case !topo.IsRejected(err):
+		e.t.Fatalf("%s %s → %s: %v; want it rejected at once (%s rejects where a Local policy leaves no endpoint): %s", from.Name, proto, dst, err, e.profile.Name, why)
 	}
 }
 
@@ -528,5 +578,22 @@ func (e *env) rejectedFrom(from *topo.Host, proto dataplane.Protocol, dst netip.
 		e.t.Fatalf("%s %s %s→ %s answered by %s from %s; want rejected: %s", from.Name, proto, source(opt), dst, r.Pod, r.From, why)
 	case !topo.IsRejected(err):
 		e.t.Fatalf("%s %s %s→ %s: %v; want rejected at once (reset or ICMP unreachable): %s", from.Name, proto, source(opt), dst, err, why)
+	}
+}
+
+// flushIPVS deletes every IPVS virtual server in node i's namespace, when
+// the kernel has IPVS.
+func (e *env) flushIPVS(node int) {
+	e.t.Helper()
+	c, err := ipvsnl.Dial(e.topo.Nodes[node].NS.Fd())
+	if errors.Is(err, ipvsnl.ErrNoIPVS) {
+		return
+	}
+	if err != nil {
+		e.t.Fatalf("open IPVS netlink: %v", err)
+	}
+	defer c.Close()
+	if err := c.Flush(); err != nil {
+		e.t.Fatalf("flush IPVS: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/svcplane/svcplane/conformance"
 	"github.com/svcplane/svcplane/dataplane"
@@ -31,12 +32,17 @@ func TestConformance(t *testing.T) {
 		if err := ipvsAvailable(); err != nil {
 			t.Skipf("%v", err)
 		}
-		conformance.Run(t, ipvsFactory)
+		conformance.RunProfile(t, ipvsFactory, ipvsProfile)
 	})
 }
 
+// ipvsProfile is where IPVS differs from nftables by design (see
+// conformance.Profile and the ipvs package documentation).
+var ipvsProfile = conformance.Profile{Name: "IPVS", NoLocalEndpointsRejects: true, AffinityOutlivesConnections: true}
+
 func ipvsFactory(t testing.TB, target conformance.Target) (dataplane.Dataplane, error) {
-	return ipvs.New(ipvs.Config{Node: target.Node, NetNS: target.NetNS})
+	// Idle UDP flows expire within 1 s, as the profile requires.
+	return ipvs.New(ipvs.Config{Node: target.Node, NetNS: target.NetNS, UDPTimeout: time.Second})
 }
 
 // ipvsAvailable returns why the ipvs backend cannot run here, or nil.

@@ -199,7 +199,9 @@ func init() {
 		// Sync of the same State, which then stays idempotent; another
 		// program's table is not disturbed. The case knows no backend's
 		// objects: it takes every nftables table the backend created and
-		// first empties them (every set and chain), then deletes them.
+		// first empties them (every set and chain), then deletes them; on
+		// a kernel with IPVS it also deletes every IPVS virtual server
+		// (only the backend makes them in the case's namespaces).
 		web1, web2 := e.pod(0, "web-1", 8080), e.pod(1, "web-2", 8080)
 		c := e.pod(1, "client")
 		pre := make([][]string, len(e.dps))
@@ -237,6 +239,7 @@ func init() {
 		} {
 			for i := range e.dps {
 				tamper.do(i, ours[i])
+				e.flushIPVS(i)
 			}
 			e.notForwarded(&c.Host, dataplane.TCP, ap(cip4(10), 80), topo.RequestOptions{}, "the service's objects were removed: "+tamper.what)
 			e.sync(st)

@@ -192,8 +192,8 @@ func init() {
 		// the node does not forward, and drops (kube-proxy's nftables mode
 		// drops; it rejects only when the service has no endpoints at
 		// all), so a load balancer's health check, not the client, learns
-		// that the node is out. The IPVS backend will encode kube-proxy's
-		// IPVS-mode behaviour here. The node with the endpoint answers.
+		// that the node is out. Backends whose Profile says
+		// NoLocalEndpointsRejects (IPVS) reject instead. The node with the endpoint answers.
 		web := e.pod(1, "web-2", 8080)
 		var ports []dataplane.ServicePort
 		for _, proto := range []dataplane.Protocol{dataplane.TCP, dataplane.UDP} {
@@ -207,7 +207,7 @@ func init() {
 			if r := e.hit(e.topo.Client, proto, ap(nodeB.IPv4, nodePort)); r.Pod != "web-2" {
 				e.t.Fatalf("client → node-b %s: answered by %s, want web-2", proto, r.Pod)
 			}
-			e.dropped(e.topo.Client, proto, ap(nodeA.IPv4, nodePort), topo.RequestOptions{}, "node-a has no local endpoint under externalTrafficPolicy Local")
+			e.noLocalEndpoint(e.topo.Client, proto, ap(nodeA.IPv4, nodePort), topo.RequestOptions{}, "node-a has no local endpoint under externalTrafficPolicy Local")
 		}
 	})
 

@@ -26,7 +26,7 @@ func init() {
 		onlyPods(e.t, e.tally(&cA.Host, dataplane.TCP, ap(cip4(10), 80), 10), "web-1")
 		onlyPods(e.t, e.tally(&cB.Host, dataplane.TCP, ap(cip4(10), 80), 10), "web-2")
 		onlyPods(e.t, e.tally(&cA.Host, dataplane.TCP, ap(cip4(11), 80), 3), "web-1")
-		e.dropped(&cB.Host, dataplane.TCP, ap(cip4(11), 80), topo.RequestOptions{}, "node-b has no local endpoint of only-a under internalTrafficPolicy Local")
+		e.noLocalEndpoint(&cB.Host, dataplane.TCP, ap(cip4(11), 80), topo.RequestOptions{}, "node-b has no local endpoint of only-a under internalTrafficPolicy Local")
 	})
 
 	register("Policy", "TerminatingFallback", func(e *env) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -40,6 +41,13 @@ type Config struct {
 	// MasqueradeMark is the single packet mark bit that flags a
 	// connection for masquerading.
 	MasqueradeMark uint32
+	// TCPTimeout, TCPFinTimeout and UDPTimeout set the namespace's IPVS
+	// connection timeouts (established TCP, TCP after FIN, UDP), as
+	// kube-proxy's --ipvs-tcp-timeout and friends do. 0 leaves the
+	// kernel's (15 min, 2 min, 5 min). They also bound how long ClientIP
+	// affinity outlives its timeout: IPVS keeps a client's persistence
+	// while any connection it placed is alive.
+	TCPTimeout, TCPFinTimeout, UDPTimeout time.Duration
 }
 
 // Dataplane programs service load balancing into IPVS. It implements
@@ -59,8 +67,10 @@ type Dataplane struct {
 	applied map[ipvsnl.Key]*virtual
 	// addrs are the service IPs on the device.
 	addrs   map[netip.Addr]bool
-	elems   map[elemKey]bool // our nftables set elements
+	elems   map[elemKey]string // our nftables set elements (value: interval end)
 	sysctls bool
+	fp      string // the table's fingerprint
+	lastGen uint32 // nftables generation after our last commit
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
@@ -112,6 +122,7 @@ func New(cfg Config) (*Dataplane, error) {
 	}
 	d.table = &nftables.Table{Name: cfg.Table, Family: nftables.TableFamilyINet}
 	d.sets = newSets(d.table)
+	d.fp = d.fingerprint()
 	return d, nil
 }
 

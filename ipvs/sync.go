@@ -15,7 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/ctclean"
 	"github.com/svcplane/svcplane/internal/ipvsnl"
+	"github.com/svcplane/svcplane/internal/kstate"
 	"github.com/svcplane/svcplane/internal/netnsutil"
 )
 
@@ -31,7 +33,7 @@ type virtual struct {
 type plan struct {
 	virtuals map[ipvsnl.Key]*virtual
 	addrs    map[netip.Addr]bool
-	elems    map[elemKey]bool
+	elems    map[elemKey]string
 }
 
 // sysctls are the per-namespace IPVS settings kube-proxy's IPVS mode
@@ -72,6 +74,12 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		}); err != nil {
 			return fmt.Errorf("ipvs: set sysctls: %w", err)
 		}
+		c := d.cfg
+		if c.TCPTimeout > 0 || c.TCPFinTimeout > 0 || c.UDPTimeout > 0 {
+			if err := d.ipvs.SetTimeouts(secs(c.TCPTimeout), secs(c.TCPFinTimeout), secs(c.UDPTimeout)); err != nil {
+				return err
+			}
+		}
 		d.sysctls = true
 	}
 	dev, err := d.device()
@@ -83,11 +91,31 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		return err
 	}
 	want := d.plan(desired, nodeAddrs)
-	first := d.applied == nil
-	if first {
+	if d.applied != nil {
+		// Were our virtual servers changed behind our back? One dump
+		// tells; then read them again.
+		if changed, err := d.servicesChanged(); err != nil || changed {
+			d.applied = nil
+		}
+	}
+	if d.applied == nil {
 		if err := d.load(dev, want); err != nil {
 			return err
 		}
+	}
+	rebuild := d.elems == nil
+	if !rebuild {
+		// Has another program committed to nftables since we did? Then
+		// check our table is whole.
+		if g, err := kstate.Generation(d.ns.Fd()); err != nil || g != d.lastGen {
+			if ok, _ := d.tableIntact(); !ok {
+				rebuild = true
+			} else {
+				d.lastGen = g
+			}
+		}
+	} else if elems, ok := d.adoptTable(); ok {
+		d.elems, rebuild = elems, false
 	}
 
 	// Addresses first, so IPVS and the reject rule see them together.
@@ -99,10 +127,11 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 			d.addrs[a] = true
 		}
 	}
-	if err := d.syncTable(first, want.elems); err != nil {
+	if err := d.syncTable(rebuild, want.elems); err != nil {
 		return err
 	}
-	if err := d.syncVirtuals(want.virtuals); err != nil {
+	stale, err := d.syncVirtuals(want.virtuals)
+	if err != nil {
 		return err
 	}
 	for a := range d.addrs {
@@ -112,6 +141,9 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 			}
 			delete(d.addrs, a)
 		}
+	}
+	if err := ctclean.Delete(d.ns.Fd(), stale); err != nil {
+		return fmt.Errorf("ipvs: virtual servers applied, but %w", err)
 	}
 	return nil
 }
@@ -168,6 +200,14 @@ func (d *Dataplane) nodeAddrs(dev netlink.Link) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// secs rounds a positive timeout up to whole seconds.
+func secs(t time.Duration) uint32 {
+	if t <= 0 {
+		return 0
+	}
+	return uint32((t + time.Second - 1) / time.Second)
+}
+
 func hostAddr(a netip.Addr) *netlink.Addr {
 	bits := 32
 	if a.Is6() {
@@ -179,8 +219,8 @@ func hostAddr(a netip.Addr) *netlink.Addr {
 // plan computes the desired virtual servers, device addresses and set
 // elements.
 func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan {
-	p := plan{virtuals: map[ipvsnl.Key]*virtual{}, addrs: map[netip.Addr]bool{}, elems: map[elemKey]bool{}}
-	el := func(f int, s setID, key string) { p.elems[elemKey{sid(f, s), key}] = true }
+	p := plan{virtuals: map[ipvsnl.Key]*virtual{}, addrs: map[netip.Addr]bool{}, elems: map[elemKey]string{}}
+	el := func(f int, s setID, key string) { p.elems[elemKey{sid(f, s), key}] = "" }
 	for i := range desired.Ports {
 		sp := &desired.Ports[i]
 		if len(sp.ClusterIPs) == 0 {
@@ -225,6 +265,23 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			el(f, setFrontends, frontendKey(a, sp.Protocol, sp.Port))
 			if !sp.ExternalLocal {
 				el(f, setExternalCluster, frontendKey(a, sp.Protocol, sp.Port))
+			}
+		}
+		for _, a := range sp.LoadBalancerIPs {
+			f := famOf(a)
+			var ranges []netip.Prefix
+			for _, r := range sp.SourceRanges {
+				if famOf(r.Addr()) == f {
+					ranges = append(ranges, r.Masked())
+				}
+			}
+			if !families[f] || len(ranges) == 0 {
+				continue // no ranges of this family: any source
+			}
+			front := frontendKey(a, sp.Protocol, sp.Port)
+			el(f, setFirewall, front)
+			for _, r := range ranges {
+				p.elems[elemKey{sid(f, setFirewallAllow), front + string(r.Addr().AsSlice())}] = front + string(lastAddr(r).AsSlice())
 			}
 		}
 		if sp.NodePort != 0 {
@@ -279,25 +336,35 @@ func (d *Dataplane) load(dev netlink.Link, want plan) error {
 	return nil
 }
 
-// syncTable rebuilds the table on the first Sync and then sends element
-// changes, each in one batch.
-func (d *Dataplane) syncTable(first bool, want map[elemKey]bool) error {
-	if first {
+// syncTable rebuilds the table when asked and then sends element
+// changes, each time in one batch.
+func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
+	if rebuild {
 		d.queueTable()
-		d.elems = map[elemKey]bool{}
+		d.elems = map[elemKey]string{}
+	}
+	elem := func(k elemKey, end string) nftables.SetElement {
+		e := nftables.SetElement{Key: []byte(k.key)}
+		if end != "" {
+			e.KeyEnd = []byte(end)
+		}
+		return e
 	}
 	var add, del = map[setID][]nftables.SetElement{}, map[setID][]nftables.SetElement{}
-	for k := range want {
-		if !d.elems[k] {
-			add[k.set] = append(add[k.set], nftables.SetElement{Key: []byte(k.key)})
+	for k, end := range want {
+		if old, ok := d.elems[k]; !ok || old != end {
+			if ok {
+				del[k.set] = append(del[k.set], elem(k, old))
+			}
+			add[k.set] = append(add[k.set], elem(k, end))
 		}
 	}
-	for k := range d.elems {
-		if !want[k] {
-			del[k.set] = append(del[k.set], nftables.SetElement{Key: []byte(k.key)})
+	for k, end := range d.elems {
+		if _, ok := want[k]; !ok {
+			del[k.set] = append(del[k.set], elem(k, end))
 		}
 	}
-	if !first && len(add) == 0 && len(del) == 0 {
+	if !rebuild && len(add) == 0 && len(del) == 0 {
 		return nil
 	}
 	for s, es := range del {
@@ -315,18 +382,37 @@ func (d *Dataplane) syncTable(first bool, want map[elemKey]bool) error {
 		}
 	}
 	if err := d.nft.Flush(); err != nil {
-		d.applied = nil // read everything again next time
+		d.applied, d.elems = nil, nil // read everything again next time
 		return fmt.Errorf("ipvs: commit table inet %s: %w", d.cfg.Table, err)
 	}
 	d.elems = maps.Clone(want)
+	if g, err := kstate.Generation(d.ns.Fd()); err == nil {
+		d.lastGen = g
+	}
 	return nil
 }
 
+// lastAddr returns the last address of a masked prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
 // syncVirtuals sends the IPVS operations that make applied equal want.
-func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) error {
-	fail := func(err error) error {
+func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, error) {
+	fail := func(err error) ([]ctclean.Flow, error) {
 		d.applied = nil // read the kernel again next time
-		return err
+		return nil, err
+	}
+	var stale []ctclean.Flow
+	staleTo := func(s *ipvsnl.Service, ep netip.Addr) {
+		if s.Protocol == unix.IPPROTO_UDP {
+			stale = append(stale, ctclean.Flow{IPv6: s.Addr.Is6(), Addr: s.Addr, Port: s.Port, Endpoint: ep})
+		}
 	}
 	keys := slices.SortedFunc(maps.Keys(want), compareKeys)
 	for _, k := range keys {
@@ -338,11 +424,17 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) error {
 			}
 			have = &virtual{svc: w.svc, dests: map[netip.AddrPort]uint32{}, name: w.name}
 			d.applied[k] = have
+			if len(w.dests) > 0 {
+				staleTo(&w.svc, netip.Addr{}) // datagrams sent before it existed
+			}
 		} else if have.svc != w.svc {
 			if err := d.ipvs.UpdateService(&w.svc); err != nil {
 				return fail(fmt.Errorf("%s: %w", w.name, err))
 			}
 			have.svc = w.svc
+		}
+		if len(have.dests) == 0 && len(w.dests) > 0 {
+			staleTo(&w.svc, netip.Addr{}) // its first endpoint
 		}
 		for ap, weight := range w.dests {
 			dst := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: weight}
@@ -367,6 +459,7 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) error {
 					return fail(fmt.Errorf("%s: %w", w.name, err))
 				}
 				delete(have.dests, ap)
+				staleTo(&w.svc, ap.Addr())
 			}
 		}
 	}
@@ -376,9 +469,10 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) error {
 				return fail(err)
 			}
 			delete(d.applied, k)
+			staleTo(&have.svc, netip.Addr{})
 		}
 	}
-	return nil
+	return stale, nil
 }
 
 func compareKeys(a, b ipvsnl.Key) int {

@@ -1,7 +1,11 @@
 package ipvs
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -25,6 +29,8 @@ const (
 	setExternalCluster               // external/LB frontends, Cluster policy: always masquerade
 	setNodePortsCluster              // NodePorts (protocol . port), Cluster policy
 	setHairpin                       // endpoint . endpoint
+	setFirewall                      // LB frontends with source ranges
+	setFirewallAllow                 // LB frontend . allowed source range
 	setsPerFamily
 )
 
@@ -59,6 +65,10 @@ func newSets(t *nftables.Table) []*nftables.Set {
 		s[setExternalCluster] = set("external-cluster", front, "external and load-balancer IP frontends, externalTrafficPolicy Cluster: masqueraded")
 		s[setNodePortsCluster] = set("nodeports-cluster", nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), "NodePorts, externalTrafficPolicy Cluster: masqueraded")
 		s[setHairpin] = set("hairpin", nftables.MustConcatSetType(addr[f], addr[f]), "endpoint . endpoint: an endpoint reaching itself through a service is masqueraded")
+		s[setFirewall] = set("firewall", front, "load-balancer IP frontends with loadBalancerSourceRanges")
+		allow := set("firewall-allow", nftables.MustConcatSetType(addr[f], nftables.TypeInetProto, nftables.TypeInetService, addr[f]), "load-balancer IP frontend . allowed source range")
+		allow.Interval, allow.Concatenation = true, true
+		s[setFirewallAllow] = allow
 		out = append(out, s...)
 	}
 	return out
@@ -165,31 +175,33 @@ func (d *Dataplane) notFromPods(f int) exprs {
 	return e
 }
 
-// queueTable queues the whole table afresh in the current batch.
-func (d *Dataplane) queueTable() {
+// ruleDef is a rule of the table.
+type ruleDef struct {
+	chain   *nftables.Chain
+	comment string
+	exprs   exprs
+}
+
+// tableShape returns the table's chains and rules.
+func (d *Dataplane) tableShape() ([]*nftables.Chain, []ruleDef) {
 	t := d.table
-	d.nft.AddTable(t)
-	d.nft.DelTable(t)
-	d.nft.AddTable(t)
 	accept := nftables.ChainPolicyAccept
 	prio := func(p int32) *nftables.ChainPriority { return nftables.ChainPriorityRef(nftables.ChainPriority(p)) }
 	base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, p int32) *nftables.Chain {
-		return d.nft.AddChain(&nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio(p), Policy: &accept})
+		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio(p), Policy: &accept}
 	}
 	natPre := base("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, -100)
 	natOut := base("nat-output", nftables.ChainTypeNAT, nftables.ChainHookOutput, -100)
 	natPost := base("nat-postrouting", nftables.ChainTypeNAT, nftables.ChainHookPostrouting, 100)
 	// IPVS takes packets for its services at LOCAL_IN (priority 98) and
 	// LOCAL_OUT (-99); these chains run first.
+	filterPre := base("filter-prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, -110)
 	input := base("filter-input", nftables.ChainTypeFilter, nftables.ChainHookInput, -110)
 	output := base("filter-output", nftables.ChainTypeFilter, nftables.ChainHookOutput, -110)
-	for i, s := range d.sets {
-		s.ID = uint32(setIDBase + i)
-		d.nft.AddSet(s, nil)
-	}
-	rule := func(ch *nftables.Chain, comment string, e exprs) {
-		d.nft.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: e, UserData: userdata.AppendString(nil, userdata.TypeComment, comment)})
-	}
+	chains := []*nftables.Chain{natPre, natOut, natPost, filterPre, input, output}
+
+	var rules []ruleDef
+	rule := func(ch *nftables.Chain, comment string, e exprs) { rules = append(rules, ruleDef{ch, comment, e}) }
 	mark := binaryutil.NativeEndian.PutUint32(d.cfg.MasqueradeMark)
 	masq := &expr.Masq{FullyRandom: true}
 	rule(natPost, "masquerade connections marked for it", exprs{
@@ -219,12 +231,64 @@ func (d *Dataplane) queueTable() {
 		}
 		rule(natPost, "masquerade "+fam+" hairpin connections (an endpoint reaching itself)", family(f).add(
 			loadAddr(f, saddrOffs, reg0), loadAddr(f, daddrOffs, reg0+a), d.in(f, setHairpin, reg0, false), masq))
+		for _, ch := range []*nftables.Chain{filterPre, output} {
+			rule(ch, "drop "+fam+" new connections to load-balancer IPs from outside their loadBalancerSourceRanges",
+				family(f).add(ctNew()...).add(frontend(f)...).add(d.in(f, setFirewall, reg0, false),
+					loadAddr(f, saddrOffs, reg0+a+2), d.in(f, setFirewallAllow, reg0, true),
+					&expr.Verdict{Kind: expr.VerdictDrop}))
+		}
 		for _, ch := range []*nftables.Chain{input, output} {
 			rule(ch, "reject "+fam+" new connections to service IPs on ports no service defines",
 				family(f).add(ctNew()...).add(loadAddr(f, daddrOffs, reg0), d.in(f, setVIPs, reg0, false)).add(frontend(f)...).add(
 					d.in(f, setFrontends, reg0, true),
 					&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}))
 		}
+	}
+	return chains, rules
+}
+
+// fingerprintPrefix starts the comment of the table's first rule, which
+// names the table's shape so that a later Dataplane can adopt it.
+const fingerprintPrefix = "svcplane ruleset "
+
+// fingerprint hashes the table's shape for this Dataplane's Config.
+func (d *Dataplane) fingerprint() string {
+	h := sha256.New()
+	chains, rules := d.tableShape()
+	for _, ch := range chains {
+		fmt.Fprintf(h, "chain %s\n", ch.Name)
+	}
+	for _, s := range d.sets {
+		fmt.Fprintf(h, "set %s %s %v\n", s.Name, s.KeyType.Name, s.Interval)
+	}
+	for _, r := range rules {
+		j, _ := json.Marshal(r.exprs)
+		fmt.Fprintf(h, "rule %s %s %s\n", r.chain.Name, r.comment, j)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// queueTable queues the whole table afresh in the current batch.
+func (d *Dataplane) queueTable() {
+	d.nft.AddTable(d.table)
+	d.nft.DelTable(d.table)
+	d.nft.AddTable(d.table)
+	for i, s := range d.sets {
+		s.ID = uint32(setIDBase + i)
+	}
+	chains, rules := d.tableShape()
+	for _, ch := range chains {
+		d.nft.AddChain(ch)
+	}
+	for _, s := range d.sets {
+		d.nft.AddSet(s, nil)
+	}
+	for i, r := range rules {
+		c := r.comment
+		if i == 0 {
+			c += " (" + fingerprintPrefix + d.fp + ")"
+		}
+		d.nft.AddRule(&nftables.Rule{Table: d.table, Chain: r.chain, Exprs: r.exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, c)})
 	}
 }
 

@@ -39,11 +39,15 @@ const (
 	cmdSetDest    = 6
 	cmdDelDest    = 7
 	cmdGetDest    = 8
+	cmdSetConfig  = 12
 	cmdGetInfo    = 15
 	cmdFlush      = 17
 
-	attrService = 1
-	attrDest    = 2
+	attrService       = 1
+	attrDest          = 2
+	attrTimeoutTCP    = 4
+	attrTimeoutTCPFin = 5
+	attrTimeoutUDP    = 6
 
 	svcAF        = 1
 	svcProtocol  = 2
@@ -427,4 +431,21 @@ func decodeAddr(fam uint16, raw []byte) netip.Addr {
 		return netip.AddrFrom16([16]byte(raw[:16]))
 	}
 	return netip.Addr{}
+}
+
+// SetTimeouts sets the namespace's IPVS connection timeouts, in seconds:
+// established TCP, TCP after FIN, and UDP. 0 leaves a timeout as it is.
+func (c *Conn) SetTimeouts(tcp, tcpFin, udp uint32) error {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(attrTimeoutTCP, tcp)
+	ae.Uint32(attrTimeoutTCPFin, tcpFin)
+	ae.Uint32(attrTimeoutUDP, udp)
+	b, err := ae.Encode()
+	if err != nil {
+		return err
+	}
+	if _, err := c.execute(cmdSetConfig, netlink.Request|netlink.Acknowledge, b); err != nil {
+		return fmt.Errorf("ipvs: set timeouts: %w", err)
+	}
+	return nil
 }
