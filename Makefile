@@ -15,9 +15,16 @@ check:
 	$(GO) vet ./...
 	$(GO) test -short ./dataplane/...
 
-## test: everything — deps, vet, unit tests with -race, the conformance suite on every backend this kernel supports (root)
+## test: everything — deps, vet, unit tests with -race, the conformance suite on every backend this kernel supports, and the IPVS backend in a Debian 6.1 VM when this kernel has no IPVS (root)
 test: deps vet
 	$(GO) test -race -count=1 $(GOFLAGS_TEST) ./...
+	@if [ -e /proc/net/ip_vs ]; then \
+	  echo "== this kernel has IPVS: the ipvs backend was tested natively above"; \
+	else \
+	  echo "== this kernel has no IPVS: testing the ipvs backend in a Debian 6.1 VM (make test-vm)"; \
+	  KERNELS=6.1 VM_PKGS="./conformance ./internal/ipvsnl" \
+	    VM_TESTFLAGS='-test.run=^(TestConformance|TestServicesAndDests)$$/^ipvs$$' ./scripts/vm/test.sh; \
+	fi
 
 deps:
 	@./scripts/deps.sh
