@@ -62,9 +62,15 @@ func (h *Host) init(name string) error {
 		)
 		// The global ICMP limit became per namespace in Linux 6.x; on
 		// older kernels it is the root namespace's, which stays as is.
+		// SCTP retransmits a lost INIT after rto_initial (3 s by
+		// default), longer than a request waits; TCP retries a SYN after
+		// 1 s. Match TCP, so one lost packet (slow under emulation) does
+		// not fail a request. Absent where the kernel has no SCTP.
 		return errors.Join(err, setOptionalSysctls(
 			"net.ipv4.icmp_msgs_per_sec", "1000000",
 			"net.ipv4.icmp_msgs_burst", "1000000",
+			"net.sctp.rto_min", "200",
+			"net.sctp.rto_initial", "1000",
 		))
 	})
 	if err == nil {
