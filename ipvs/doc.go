@@ -37,6 +37,27 @@
 //
 // # Where IPVS differs from the nft backend
 //
-// Endpoints that leave a service are removed from IPVS at once; their
-// open connections expire (vs/expire_nodest_conn) rather than drain.
+// The conformance suite checks these by name (conformance.Profile):
+//
+//   - Where a Local traffic policy leaves a node without endpoints, the
+//     virtual server has no real servers and IPVS answers ICMP port
+//     unreachable: clients are rejected at once, where nft drops them.
+//     kube-proxy's IPVS mode behaves the same.
+//   - ClientIP affinity is IPVS persistence: a client's persistence
+//     template lives until the timeout has passed and every connection it
+//     placed has expired. Closed TCP connections stay in IPVS's TIME_WAIT
+//     for 2 minutes; Config.TCPFinTimeout and UDPTimeout bound the rest.
+//   - Endpoints that leave a service are removed from IPVS at once; their
+//     open connections expire (vs/expire_nodest_conn) rather than drain.
+//
+// # Restarts and other programs
+//
+// The first Sync of a new Dataplane reads IPVS once (the services on its
+// device's addresses and those it is about to program) and adopts its
+// nftables table when the table's fingerprint matches, so a restart
+// writes nothing that is already right. Each Sync dumps IPVS's services
+// once and reads the nftables generation; whatever was removed behind its
+// back is restored. NodePort virtual servers whose NodePort no longer
+// exists in any State are removed only while the Dataplane that made them
+// runs.
 package ipvs
