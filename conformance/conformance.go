@@ -123,7 +123,7 @@ type env struct {
 }
 
 func runCase(t *testing.T, f Factory, p Profile, c testCase) {
-	ctx, cancel := context.WithTimeout(context.Background(), caseTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), topo.Scale(caseTimeout))
 	t.Cleanup(cancel)
 	tp, err := topo.New(ctx, topo.Options{})
 	if err != nil {

@@ -455,7 +455,7 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, 
 		}
 		for ap := range have.dests {
 			if _, ok := w.dests[ap]; !ok {
-				if err := d.ipvs.DelDest(&w.svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port()}); err != nil {
+				if err := gone(d.ipvs.DelDest(&w.svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port()})); err != nil {
 					return fail(fmt.Errorf("%s: %w", w.name, err))
 				}
 				delete(have.dests, ap)
@@ -465,7 +465,7 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, 
 	}
 	for k, have := range d.applied {
 		if _, ok := want[k]; !ok {
-			if err := d.ipvs.DelService(&have.svc); err != nil {
+			if err := gone(d.ipvs.DelService(&have.svc)); err != nil {
 				return fail(err)
 			}
 			delete(d.applied, k)
@@ -473,6 +473,15 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, 
 		}
 	}
 	return stale, nil
+}
+
+// gone treats deleting what is already gone as done: IPVS answers ESRCH
+// for a missing service and ENOENT for a missing real server.
+func gone(err error) error {
+	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
 }
 
 func compareKeys(a, b ipvsnl.Key) int {
@@ -508,7 +517,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 		for i := range svcs {
 			s := &svcs[i]
 			if _, applied := d.applied[s.Key()]; applied || ours[s.Addr] {
-				errs = append(errs, d.ipvs.DelService(s))
+				errs = append(errs, gone(d.ipvs.DelService(s)))
 			}
 		}
 	} else {

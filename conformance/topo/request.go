@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -19,8 +20,25 @@ import (
 	"github.com/svcplane/svcplane/dataplane"
 )
 
-// DefaultTimeout is the RequestOptions.Timeout used when it is zero.
-const DefaultTimeout = 2 * time.Second
+// DefaultTimeout is the RequestOptions.Timeout used when it is zero: 2 s,
+// multiplied by TimeScale.
+var DefaultTimeout = Scale(2 * time.Second)
+
+// TimeScale multiplies the waits of code that expects an answer, from the
+// environment variable SVCPLANE_TIME_SCALE (default 1). make test-vm sets
+// it for kernels under software emulation, where everything runs several
+// times slower; waits that expect no answer stay as they are.
+var TimeScale = timeScale()
+
+func timeScale() float64 {
+	if v, err := strconv.ParseFloat(os.Getenv("SVCPLANE_TIME_SCALE"), 64); err == nil && v >= 1 {
+		return v
+	}
+	return 1
+}
+
+// Scale returns d multiplied by TimeScale.
+func Scale(d time.Duration) time.Duration { return time.Duration(float64(d) * TimeScale) }
 
 // RequestOptions tunes Host.Request. The zero value sends no payload from
 // an ephemeral port and waits DefaultTimeout.

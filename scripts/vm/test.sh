@@ -30,7 +30,9 @@ command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 KERNELS=${KERNELS:-6.1 6.12}
 VM_PKGS=${VM_PKGS:-}
 VM_TESTFLAGS=${VM_TESTFLAGS:-}
-VM_ENV=${VM_ENV:-}
+# Under emulation everything is several times slower: requests that
+# expect an answer wait 4x longer (conformance/topo.TimeScale).
+VM_ENV="SVCPLANE_TIME_SCALE=4 ${VM_ENV:-}"
 VM_TEST_TIMEOUT=${VM_TEST_TIMEOUT:-20m}
 VM_TIMEOUT=${VM_TIMEOUT:-3600}
 
