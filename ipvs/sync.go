@@ -280,7 +280,9 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			}
 			front := frontendKey(a, sp.Protocol, sp.Port)
 			el(f, setFirewall, front)
-			for _, r := range ranges {
+			// Overlapping ranges would clash in the interval set: keep
+			// the outermost, which allow the same sources.
+			for _, r := range outermost(ranges) {
 				p.elems[elemKey{sid(f, setFirewallAllow), front + string(r.Addr().AsSlice())}] = front + string(lastAddr(r).AsSlice())
 			}
 		}
@@ -390,6 +392,23 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 		d.lastGen = g
 	}
 	return nil
+}
+
+// outermost returns the prefixes of rs that no other one contains, each
+// once: their union is the union of rs. (The nft backend has the same.)
+func outermost(rs []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for i, r := range rs {
+		contains := func(strict bool) func(o netip.Prefix) bool {
+			return func(o netip.Prefix) bool {
+				return o.Contains(r.Addr()) && (o.Bits() < r.Bits() || !strict && o.Bits() == r.Bits())
+			}
+		}
+		if !slices.ContainsFunc(rs[:i], contains(false)) && !slices.ContainsFunc(rs[i+1:], contains(true)) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // lastAddr returns the last address of a masked prefix.

@@ -158,3 +158,22 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatalf("New = %v, want an error naming the namespace path", err)
 	}
 }
+
+// Overlapping loadBalancerSourceRanges (a /0 beside a /32, a /24 beside
+// its /25) are legal in Kubernetes; they must not make the interval set
+// clash (EEXIST froze every later Sync) or overwrite each other.
+func TestOverlappingSourceRanges(t *testing.T) {
+	ns := newTestNS(t)
+	d := newDP(t, ns)
+	p := testPort(1)
+	p.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.6")}
+	for _, r := range []string{"0.0.0.0/0", "192.0.2.7/32", "198.51.100.0/24", "198.51.100.0/25", "198.51.100.0/24"} {
+		p.SourceRanges = append(p.SourceRanges, netip.MustParsePrefix(r))
+	}
+	if err := d.Sync(context.Background(), &dataplane.State{Ports: []dataplane.ServicePort{p}}); err != nil {
+		t.Fatalf("Sync with overlapping source ranges: %v", err)
+	}
+	if got := outermost(p.SourceRanges); len(got) != 1 || got[0] != netip.MustParsePrefix("0.0.0.0/0") {
+		t.Fatalf("outermost = %v, want [0.0.0.0/0]", got)
+	}
+}

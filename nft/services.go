@@ -235,7 +235,10 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 				return // no ranges of this family: any source
 			}
 			el(f, setFirewall, front, elemVal{comment: comment})
-			for _, r := range ranges {
+			// Overlapping ranges would clash in the interval set
+			// (EEXIST, or two ranges on one key): keep the outermost,
+			// which allow the same sources.
+			for _, r := range outermost(ranges) {
 				el(f, setFirewallAllow, slices.Concat(front, r.Addr().AsSlice()),
 					elemVal{keyEnd: string(slices.Concat(front, lastAddr(r).AsSlice())), comment: comment})
 			}
@@ -308,6 +311,23 @@ func addrPort(ap netip.AddrPort) []byte {
 	b := ap.Addr().AsSlice()
 	b = binary.BigEndian.AppendUint16(b, ap.Port())
 	return append(b, 0, 0)
+}
+
+// outermost returns the prefixes of rs that no other one contains, each
+// once: their union is the union of rs.
+func outermost(rs []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for i, r := range rs {
+		contains := func(strict bool) func(o netip.Prefix) bool {
+			return func(o netip.Prefix) bool {
+				return o.Contains(r.Addr()) && (o.Bits() < r.Bits() || !strict && o.Bits() == r.Bits())
+			}
+		}
+		if !slices.ContainsFunc(rs[:i], contains(false)) && !slices.ContainsFunc(rs[i+1:], contains(true)) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // lastAddr returns the last address of a masked prefix.
