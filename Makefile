@@ -62,3 +62,45 @@ test-vm: deps
 ## vm-kernels: only download the KERNELS and build their initramfs (cached under ~/.cache/svcplane/vm)
 vm-kernels:
 	@./scripts/vm/prepare.sh $(KERNELS)
+
+# --- Benchmarks at cluster scale (issue 5): internal/syncbench, run from
+# nft/bench_test.go. `make test` runs each case once at its smallest size
+# (TestBenchmarks); this runs them all, from one test binary, and writes the
+# docs from that run.
+BENCH_MAX ?= 0
+BENCH_FILE_MAX ?= 50000
+BENCH_COUNT ?= 1
+BENCH_SMALL ?= 30x
+BENCH_FULL ?= 3x
+BENCH_CONNECT ?= 3000x
+BENCH_VERIFY ?= 50000
+BENCH_RAW := docs/bench-raw.txt
+BENCH_BIN := docs/.nft-bench.test
+
+.PHONY: bench
+
+## bench: BenchmarkSync (nft, nft-file) and BenchmarkConnect at every size, then docs/benchmarks.md and docs/sync-time.svg from that run (root; about 20 min on 2 cores; BENCH_MAX=N limits the sizes; run it on an idle machine)
+bench: deps
+	@mkdir -p docs
+	$(GO) test -c -o $(BENCH_BIN) ./nft
+	@echo "bench: load average before: $$(cut -d' ' -f1-3 /proc/loadavg)"; cut -d' ' -f1-3 /proc/loadavg > docs/.bench-load
+	@: > $(BENCH_RAW)
+	@bin=$$(realpath $(BENCH_BIN)); raw=$$(realpath $(BENCH_RAW)); cd nft && \
+	export SVCPLANE_BENCH_MAX=$(BENCH_MAX) SVCPLANE_BENCH_FILE_MAX=$(BENCH_FILE_MAX); \
+	for run in "BenchmarkSync/^nft$$/full/ $(BENCH_FULL)" \
+	           "BenchmarkSync/^nft$$/(noop|one-endpoint|add-service|remove-service)/ $(BENCH_SMALL)" \
+	           "BenchmarkSync/^nft-file$$/ 1x" \
+	           "BenchmarkConnect/ $(BENCH_CONNECT)"; do \
+	  set -- $$run; echo "bench: $$1 -benchtime=$$2 (load $$(cut -d' ' -f1 /proc/loadavg))"; \
+	  $$bin -test.run '^$$' -test.count=$(BENCH_COUNT) -test.timeout 120m -test.bench "$$1" -test.benchtime=$$2 >> $$raw 2>&1 || { tail -30 $$raw; exit 1; }; \
+	done; \
+	echo "bench: every element after a $(BENCH_VERIFY) × 5 full sync"; \
+	SVCPLANE_VERIFY_SERVICES=$(BENCH_VERIFY) $$bin -test.count=1 -test.timeout 60m -test.run '^TestFullSyncHoldsEveryElement$$' -test.v > ../docs/.bench-verify 2>&1 || { cat ../docs/.bench-verify; exit 1; }
+	@load_after=$$(cut -d' ' -f1-3 /proc/loadavg); \
+	cd tools/benchplot && $(GO) run . -in ../../$(BENCH_RAW) -md ../../docs/benchmarks.md -svg ../../docs/sync-time.svg \
+	  -date "$$(date -u '+%Y-%m-%d %H:%M UTC')" -kernel "$$(uname -r)" \
+	  -machine "$$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$($(GO) version | cut -d' ' -f3), $$(nft --version)" \
+	  -how "one make bench run of one test binary; -count=$(BENCH_COUNT); -benchtime $(BENCH_FULL) for full, $(BENCH_SMALL) for the other scenarios, 1x for nft-file, $(BENCH_CONNECT) for Connect; load average $$(cat ../../docs/.bench-load) before, $$load_after after; each full op starts when the CPUs are idle again after the previous namespace is torn down" \
+	  -verify "$$(grep -o 'the kernel holds all.*' ../../docs/.bench-verify)"
+	@rm -f docs/.bench-load docs/.bench-verify $(BENCH_BIN)
+	@echo "bench: wrote docs/benchmarks.md, docs/sync-time.svg and $(BENCH_RAW)"

@@ -175,6 +175,7 @@ func (d *Dataplane) adopt() (*store, error) {
 		}
 		d.affChains = found
 		st := newStore()
+		st.fresh = false // it holds what the kernel has
 		for i, s := range d.sets {
 			if s.DataType == nftables.TypeVerdict {
 				elems, err := d.verdictElements(s)
@@ -236,7 +237,7 @@ func (d *Dataplane) kernelGroup(s setID, key []byte, f int, r role) *group {
 			index[ap] = i
 			g.eps = append(g.eps, ap)
 		}
-		g.buckets[b] = i
+		g.buckets[b] = uint8(i) // at most 64 distinct endpoints
 	}
 	return g
 }
@@ -266,6 +267,7 @@ func (d *Dataplane) generation() (uint32, error) {
 		}
 		d.genConn = c
 	}
+	d.genReads++
 	msgs, err := d.genConn.Execute(netlink.Message{
 		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
 		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},

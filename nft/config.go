@@ -62,13 +62,24 @@ type Dataplane struct {
 	staleCT []staleFlow
 	// lastElems is how many element changes the last Sync sent.
 	lastElems int
+	// beforeFlush, when set (by tests), sees each batch just before Sync
+	// commits it; genReads counts nftables generation requests. The
+	// benchmarks count netlink traffic with them.
+	beforeFlush func(*nftables.Conn)
+	genReads    int
+	// sock is conn's netlink socket; sendBuf its send buffer size, and
+	// batchBytes a bound on the size of the batch being queued.
+	sock       *netlink.Conn
+	sendBuf    int
+	batchBytes int
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
 // socket buffer sizes: large enough that the acks of a big batch never
 // overflow the receive buffer (which would report ENOBUFS for a batch the
-// kernel committed) and a batch of several MB fits in one send.
+// kernel committed) and a batch of several MB fits in one send. A larger
+// batch raises the send buffer first (fitSendBuffer).
 const (
 	sendBuffer = 64 << 20
 	recvBuffer = 16 << 20
@@ -100,6 +111,7 @@ func New(cfg Config) (*Dataplane, error) {
 			if err := c.SetWriteBuffer(sendBuffer); err != nil {
 				return err
 			}
+			d.sock, d.sendBuf = c, sendBuffer
 			return c.SetReadBuffer(recvBuffer)
 		}),
 	}

@@ -73,8 +73,12 @@ func (d *Dataplane) Plan(ctx context.Context, desired *dataplane.State) (*Plan, 
 	for _, s := range t.affAdd {
 		p.Lines = append(p.Lines, fmt.Sprintf("# add chains affinity-%ds, affinity-%ds-nodeports and sets affinity-%ds-v4, -v6 to %s", s, s, s, tbl))
 	}
+	changes := t.changes
+	if changes == nil {
+		changes, _ = d.st.pending(len(d.sets))
+	}
 	var del, add []string
-	for i, c := range t.changes {
+	for i, c := range changes {
 		s := d.sets[i]
 		for _, e := range c.del {
 			del = append(del, fmt.Sprintf("delete element %s %s { %s }", tbl, s.Name, formatKey(s, e)))
@@ -103,7 +107,7 @@ type saved struct {
 func (d *Dataplane) save() saved {
 	s := saved{svcs: maps.Clone(d.svcs), affChains: maps.Clone(d.affChains), staleCT: slices.Clone(d.staleCT), lastGen: d.lastGen, adopted: d.adopted}
 	if d.st != nil {
-		s.st = &store{applied: maps.Clone(d.st.applied), want: make(map[elemKey]*wanted, len(d.st.want)), dirty: maps.Clone(d.st.dirty)}
+		s.st = &store{applied: maps.Clone(d.st.applied), want: make(map[elemKey]*wanted, len(d.st.want)), dirty: maps.Clone(d.st.dirty), fresh: d.st.fresh}
 		for k, w := range d.st.want {
 			c := *w
 			s.st.want[k] = &c

@@ -27,6 +27,9 @@ type store struct {
 	applied map[elemKey]elemVal
 	want    map[elemKey]*wanted
 	dirty   map[elemKey]struct{}
+	// fresh is set while nothing has been applied (a table built from
+	// nothing): every wanted key is then pending, and dirty is not kept.
+	fresh bool
 }
 
 type wanted struct {
@@ -39,6 +42,15 @@ func newStore() *store {
 		applied: make(map[elemKey]elemVal),
 		want:    make(map[elemKey]*wanted),
 		dirty:   make(map[elemKey]struct{}),
+		fresh:   true,
+	}
+}
+
+// reserve makes room for n wanted keys in a fresh, empty store, so that
+// a full Sync does not grow the map step by step.
+func (s *store) reserve(n int) {
+	if s.fresh && len(s.want) == 0 && n > 0 {
+		s.want = make(map[elemKey]*wanted, n)
 	}
 }
 
@@ -57,7 +69,9 @@ func (s *store) add(e element) {
 	w.refs++
 	// The last writer wins; maps have one owner per key by validation.
 	w.elemVal = e.elemVal
-	s.dirty[e.elemKey] = struct{}{}
+	if !s.fresh {
+		s.dirty[e.elemKey] = struct{}{}
+	}
 }
 
 func (s *store) remove(k elemKey) {
@@ -68,7 +82,9 @@ func (s *store) remove(k elemKey) {
 	if w.refs--; w.refs <= 0 {
 		delete(s.want, k)
 	}
-	s.dirty[k] = struct{}{}
+	if !s.fresh {
+		s.dirty[k] = struct{}{}
+	}
 }
 
 // change is one set's element changes for a batch.
@@ -81,6 +97,12 @@ type change struct {
 // its re-addition within the batch.
 func (s *store) pending(nsets int) ([]change, int) {
 	out := make([]change, nsets)
+	if s.fresh {
+		s.eachWanted(func(set setID, e nftables.SetElement) {
+			out[set].add = append(out[set].add, e)
+		})
+		return out, len(s.want)
+	}
 	n := 0
 	for k := range s.dirty {
 		old, had := s.applied[k]
@@ -103,8 +125,23 @@ func (s *store) pending(nsets int) ([]change, int) {
 	return out, n
 }
 
+// eachWanted calls f with every wanted element, as an addition.
+func (s *store) eachWanted(f func(setID, nftables.SetElement)) {
+	for k, w := range s.want {
+		f(k.set, setElement(k, w.elemVal))
+	}
+}
+
 // committed records that the kernel now holds what was pending.
 func (s *store) committed() {
+	if s.fresh {
+		s.applied = make(map[elemKey]elemVal, len(s.want))
+		for k, w := range s.want {
+			s.applied[k] = w.elemVal
+		}
+		s.fresh = false
+		return
+	}
 	for k := range s.dirty {
 		if w, ok := s.want[k]; ok {
 			s.applied[k] = w.elemVal

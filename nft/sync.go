@@ -61,6 +61,13 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		d.conn.DelSet(a.sets[v4])
 		d.conn.DelSet(a.sets[v6])
 	}
+	if err := d.fitSendBuffer(); err != nil {
+		d.st = nil
+		return fmt.Errorf("nft: size the netlink send buffer for the batch, nothing changed: %w", err)
+	}
+	if d.beforeFlush != nil {
+		d.beforeFlush(d.conn)
+	}
 	if err := d.conn.Flush(); err != nil {
 		d.st = nil // rebuild on the next Sync
 		return fmt.Errorf("nft: commit batch to table inet %s (the kernel kept its previous state; the next Sync rebuilds the table): %w", d.cfg.Table, err)
@@ -175,26 +182,83 @@ func (d *Dataplane) affinityChanges(full bool) (add, del []int64) {
 // silently wraps past 64 KiB.
 const maxChunk = 48 << 10
 
+// queueElements queues the element changes. A fresh store (a table
+// built from nothing) has no list of changes: its wanted elements are
+// queued as they are read, a message at a time, so that a large table is
+// never held as one list.
 func (d *Dataplane) queueElements(changes []change) error {
+	d.batchBytes = 0
+	if changes == nil && d.st.fresh {
+		bufs := make([][]nftables.SetElement, len(d.sets))
+		sizes := make([]int, len(d.sets))
+		var err error
+		d.st.eachWanted(func(set setID, e nftables.SetElement) {
+			n := elemSize(e)
+			if sizes[set]+n > maxChunk && len(bufs[set]) > 0 && err == nil {
+				err = d.conn.SetAddElements(d.sets[set], bufs[set])
+				bufs[set], sizes[set] = bufs[set][:0], 0
+			}
+			bufs[set] = append(bufs[set], e)
+			sizes[set] += n
+			d.batchBytes += n
+		})
+		for i, b := range bufs {
+			if len(b) > 0 && err == nil {
+				err = d.conn.SetAddElements(d.sets[i], b)
+			}
+		}
+		return err
+	}
 	for i, c := range changes {
 		s := d.sets[i]
-		if err := chunked(c.del, func(es []nftables.SetElement) error { return d.conn.SetDeleteElements(s, es) }); err != nil {
+		if err := d.chunked(c.del, func(es []nftables.SetElement) error { return d.conn.SetDeleteElements(s, es) }); err != nil {
 			return err
 		}
 	}
 	for i, c := range changes {
 		s := d.sets[i]
-		if err := chunked(c.add, func(es []nftables.SetElement) error { return d.conn.SetAddElements(s, es) }); err != nil {
+		if err := d.chunked(c.add, func(es []nftables.SetElement) error { return d.conn.SetAddElements(s, es) }); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// elemSize bounds the encoded size of an element in a netlink message.
+func elemSize(e nftables.SetElement) int {
+	return 48 + len(e.Key) + len(e.KeyEnd) + len(e.Val) + len(e.Comment)
+}
+
+// batchSlack bounds what a batch holds besides elements: the table, its
+// chains, sets and rules, and affinity chains.
+const batchSlack = 8 << 20
+
+// fitSendBuffer raises the socket's send buffer when the queued batch
+// might not fit: the kernel refuses a message larger than the buffer
+// (EMSGSIZE), and a full Sync of 50000 service ports is some 150 MB.
+func (d *Dataplane) fitSendBuffer() error {
+	need := d.batchBytes + batchSlack
+	if need <= d.sendBuf || d.sock == nil {
+		return nil
+	}
+	if err := d.sock.SetWriteBuffer(need); err != nil {
+		return err
+	}
+	d.sendBuf = need
+	return nil
+}
+
+func (d *Dataplane) chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) error {
+	for _, e := range es {
+		d.batchBytes += elemSize(e)
+	}
+	return chunked(es, send)
+}
+
 func chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) error {
 	start, size := 0, 0
 	for i, e := range es {
-		n := 48 + len(e.Key) + len(e.Val) + len(e.Comment)
+		n := elemSize(e)
 		if size+n > maxChunk && i > start {
 			if err := send(es[start:i]); err != nil {
 				return err
@@ -218,9 +282,11 @@ func (d *Dataplane) applyPort(old *svcState, p *dataplane.ServicePort) *svcState
 			d.st.remove(k)
 		}
 	}
-	for _, e := range d.elements(p, pl) {
+	elems := d.elements(p, pl)
+	s.elems = make([]elemKey, len(elems))
+	for i, e := range elems {
 		d.st.add(e)
-		s.elems = append(s.elems, e.elemKey)
+		s.elems[i] = e.elemKey
 	}
 	return s
 }
@@ -290,20 +356,26 @@ func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
 			d.st, full, d.adopted = st, false, true
 		} else {
 			d.st = newStore()
+			d.st.reserve(estimateElements(desired))
 		}
 	}
-	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
 	stale := d.staleCT // entries a failed cleanup left behind
 	d.staleCT = nil
+	kept, added := 0, 0 // synced ports still desired, and new ones
 	for i := range desired.Ports {
 		p := &desired.Ports[i]
 		if len(p.ClusterIPs) == 0 {
 			continue // headless: nothing to program
 		}
-		seen[p.Name] = true
 		old := d.svcs[p.Name]
-		if old != nil && equalPort(&old.port, p) {
-			continue
+		if old != nil {
+			kept++ // names are unique by validation
+			if equalPort(&old.port, p) {
+				continue
+			}
+		}
+		if old == nil {
+			added++
 		}
 		s := d.applyPort(old, p)
 		if !fresh {
@@ -313,16 +385,48 @@ func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
 		}
 		d.svcs[p.Name] = s
 	}
-	for name, s := range d.svcs {
-		if !seen[name] {
-			stale = append(stale, staleFlows(s, &s.port, nil)...)
-			d.removePort(s)
-			delete(d.svcs, name)
+	if kept < len(d.svcs)-added {
+		// Some synced ports are gone: find them.
+		seen := make(map[dataplane.PortName]bool, len(desired.Ports))
+		for i := range desired.Ports {
+			seen[desired.Ports[i].Name] = len(desired.Ports[i].ClusterIPs) > 0
+		}
+		for name, s := range d.svcs {
+			if !seen[name] {
+				stale = append(stale, staleFlows(s, &s.port, nil)...)
+				d.removePort(s)
+				delete(d.svcs, name)
+			}
 		}
 	}
 	t := &txn{full: full, stale: stale}
-	t.changes, t.n = d.st.pending(len(d.sets))
+	if d.st.fresh {
+		// Queued straight from the store (queueElements).
+		t.n = len(d.st.want)
+	} else {
+		t.changes, t.n = d.st.pending(len(d.sets))
+	}
 	t.affAdd, t.affDel = d.affinityChanges(full)
 	t.n += len(t.affAdd) + len(t.affDel)
 	return t, nil
+}
+
+// estimateElements bounds the number of elements desired programs, to
+// size the store of a full Sync: 64 buckets per frontend and path, and a
+// few more per port and endpoint.
+func estimateElements(desired *dataplane.State) int {
+	n := 0
+	for i := range desired.Ports {
+		p := &desired.Ports[i]
+		fronts := len(p.ClusterIPs) + len(p.ExternalIPs) + len(p.LoadBalancerIPs)
+		if p.NodePort != 0 {
+			fronts++
+		}
+		paths := 1
+		if p.ExternalLocal {
+			paths = 2
+		}
+		n += fronts*(buckets*paths+4) + len(p.Endpoints) + 2*len(p.SourceRanges)
+	}
+	return n
 }

@@ -1,0 +1,594 @@
+// Package syncbench is svcplane's benchmark harness (issue 5): the same
+// cluster-scale States, scenarios and metrics for every backend, so that
+// `go test -bench` output of different packages lines up under one naming
+// scheme:
+//
+//	BenchmarkSync/<backend>/<scenario>/services=<N>/endpoints=<E>
+//	BenchmarkConnect/<backend>/services=<N>
+//
+// A backend package registers itself in its own bench_test.go: nft/ runs
+// "nft" (the library) and "nft-file" (the same State rendered in the shape
+// kube-proxy's nftables mode writes and loaded with `nft -f`); an IPVS
+// backend adds "ipvs" and a file loader such as "ipvsadm-restore" the
+// same way (see Backend and Loader).
+//
+// Everything runs in fresh unnamed network namespaces (needs root); the
+// root namespace is never touched. Addresses come from the documentation
+// and benchmarking ranges only: cluster IPs in 198.19.0.0/16, endpoints in
+// 198.18.0.0/16.
+//
+// Bodies take an R, which is a *testing.B in benchmarks (Bench) or a
+// *testing.T that runs each case exactly once (Once), so that `go test`
+// without -bench keeps every benchmark working at its smallest size.
+//
+// Environment:
+//
+//	SVCPLANE_BENCH_MAX=N       skip sizes with more than N services (0: all)
+//	SVCPLANE_BENCH_FILE_MAX=N  file loaders: skip sizes with more than N
+//	                           endpoints in all (default 50000: 1000 × 5 and
+//	                           10000 × 5; nft -f of 250000 endpoint chains
+//	                           takes many minutes)
+package syncbench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/netnsutil"
+)
+
+// R is what a benchmark body needs from its runner.
+type R interface {
+	testing.TB
+	// N is the number of operations to time.
+	N() int
+	ResetTimer()
+	StartTimer()
+	StopTimer()
+	ReportAllocs()
+	ReportMetric(v float64, unit string)
+	// Run runs f as a sub-benchmark (or subtest) named name.
+	Run(name string, f func(R)) bool
+	// Once reports whether this is a smoke run (one op, smallest size).
+	Once() bool
+}
+
+// Bench adapts a *testing.B.
+func Bench(b *testing.B) R { return bench{b} }
+
+type bench struct{ *testing.B }
+
+func (b bench) N() int     { return b.B.N }
+func (b bench) Once() bool { return false }
+func (b bench) Run(name string, f func(R)) bool {
+	return b.B.Run(name, func(b *testing.B) { f(bench{b}) })
+}
+
+// Once adapts a *testing.T: every body runs one op, metrics are logged,
+// and only the smallest size of each benchmark runs. No timing is judged.
+func Once(t *testing.T) R { return once{t} }
+
+type once struct{ *testing.T }
+
+func (o once) N() int        { return 1 }
+func (o once) Once() bool    { return true }
+func (o once) ResetTimer()   {}
+func (o once) StartTimer()   {}
+func (o once) StopTimer()    {}
+func (o once) ReportAllocs() {}
+func (o once) ReportMetric(v float64, unit string) {
+	o.Logf("%s = %g", unit, v)
+}
+func (o once) Run(name string, f func(R)) bool {
+	return o.T.Run(name, func(t *testing.T) { f(once{t}) })
+}
+
+// Stats counts the netlink traffic a Dataplane sent since it was opened.
+// Writes are what change the kernel (the messages of committed batches,
+// batch begin and end included, and their bytes as sent); Reads are the
+// small requests that only read, such as the nftables generation.
+type Stats struct {
+	WriteMsgs, WriteBytes, Reads int64
+}
+
+func (s Stats) sub(o Stats) Stats {
+	return Stats{s.WriteMsgs - o.WriteMsgs, s.WriteBytes - o.WriteBytes, s.Reads - o.Reads}
+}
+
+func (s Stats) add(o Stats) Stats {
+	return Stats{s.WriteMsgs + o.WriteMsgs, s.WriteBytes + o.WriteBytes, s.Reads + o.Reads}
+}
+
+// Counted is a Dataplane that counts its netlink traffic.
+type Counted interface {
+	NetlinkStats() Stats
+}
+
+// Backend is a library backend under test.
+type Backend struct {
+	// Name is the <backend> element of benchmark names: "nft", "ipvs".
+	Name string
+	// New opens a Dataplane for the namespace at nsPath. It may implement
+	// Counted; then messages and bytes are reported.
+	New func(nsPath string, node dataplane.Node) (dataplane.Dataplane, error)
+}
+
+// Loader is a peer that programs a State by rendering a file and
+// loading it with a command-line tool into an empty namespace: only its
+// full scenario exists. Only Load is timed.
+type Loader struct {
+	// Name is the <backend> element of benchmark names: "nft-file".
+	Name string
+	// Render returns the file for st, as node sees it.
+	Render func(st *dataplane.State, node dataplane.Node) []byte
+	// Load loads file into the empty namespace at nsPath and returns the
+	// CPU time the loading program used.
+	Load func(nsPath string, file []byte) (time.Duration, error)
+}
+
+// Size is one benchmark size.
+type Size struct{ Services, Endpoints int }
+
+func (s Size) String() string {
+	return fmt.Sprintf("services=%d/endpoints=%d", s.Services, s.Endpoints)
+}
+
+// SyncSizes are the sizes of BenchmarkSync.
+var SyncSizes = []Size{{1000, 5}, {10000, 5}, {50000, 5}, {5000, 50}}
+
+// ConnectSizes are the service counts of BenchmarkConnect.
+var ConnectSizes = []int{10, 10000, 50000}
+
+// Scenarios of BenchmarkSync, in order.
+var Scenarios = []string{"full", "noop", "one-endpoint", "add-service", "remove-service"}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
+}
+
+// sizes returns the sizes to run: all up to max (0: no limit), or in a
+// smoke run only the smallest.
+func sizes[T any](r R, all []T, n func(T) int, max int) []T {
+	var out []T
+	for _, s := range all {
+		if max > 0 && n(s) > max {
+			continue
+		}
+		if r.Once() && len(out) > 0 {
+			if n(s) < n(out[0]) {
+				out[0] = s
+			}
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Node is the node every benchmark programs: node-a of conformance/topo.
+var Node = dataplane.Node{
+	Name:          "node-a",
+	LocalPodCIDRs: []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")},
+}
+
+// Port returns service port i (0-based) of a benchmark State: IPv4
+// ClusterIP, TCP port 80, with e ready endpoints on other nodes.
+// Endpoint addresses are spread over 198.18.0.0/16 (with the port
+// telling apart the ones that wrap), so every endpoint of the State is
+// distinct.
+func Port(i, e int) dataplane.ServicePort {
+	c := i + 1
+	p := dataplane.ServicePort{
+		Name:       dataplane.PortName{Namespace: "bench", Name: "svc-" + strconv.Itoa(i), Port: "http"},
+		Protocol:   dataplane.TCP,
+		Port:       80,
+		ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{198, 19, byte(c >> 8), byte(c)})},
+		Endpoints:  make([]dataplane.Endpoint, e),
+	}
+	for j := range e {
+		p.Endpoints[j] = endpoint(i*e + j)
+	}
+	return p
+}
+
+const hostsPerWrap = 65534
+
+func endpoint(k int) dataplane.Endpoint {
+	h := k%hostsPerWrap + 1
+	return dataplane.Endpoint{
+		Addr:     netip.AddrFrom4([4]byte{198, 18, byte(h >> 8), byte(h)}),
+		Port:     uint16(8080 + k/hostsPerWrap),
+		NodeName: "node-b",
+		Ready:    true, Serving: true,
+	}
+}
+
+// State returns a State of n service ports with e endpoints each; cap
+// leaves room to append ports without copying.
+func State(n, e, capacity int) *dataplane.State {
+	st := &dataplane.State{Ports: make([]dataplane.ServicePort, n, max(n, capacity))}
+	for i := range n {
+		st.Ports[i] = Port(i, e)
+	}
+	return st
+}
+
+// newNS returns a fresh namespace; fatal on error.
+func newNS(r R) *netnsutil.NS {
+	r.Helper()
+	if os.Geteuid() != 0 {
+		r.Skip("needs root to create network namespaces")
+	}
+	ns, err := netnsutil.New()
+	if err != nil {
+		r.Fatal(err)
+	}
+	return ns
+}
+
+// env is a synced Dataplane that the ops of one sub-benchmark share
+// (testing.B calls a body several times with growing N).
+type env struct {
+	ns    *netnsutil.NS
+	dp    dataplane.Dataplane
+	st    *dataplane.State
+	size  Size
+	op    int // ops so far, over every call of the body
+	extra int // next index for added ports
+}
+
+func (e *env) close(r R) {
+	if e == nil {
+		return
+	}
+	e.dp.Close()
+	e.ns.Close()
+	settle(r)
+}
+
+func stats(dp dataplane.Dataplane) (Stats, bool) {
+	c, ok := dp.(Counted)
+	if !ok {
+		return Stats{}, false
+	}
+	return c.NetlinkStats(), true
+}
+
+// reportStats reports per-op netlink figures.
+func reportStats(r R, d Stats, ops int) {
+	n := float64(ops)
+	r.ReportMetric(float64(d.WriteMsgs)/n, "nl-msgs/op")
+	r.ReportMetric(float64(d.WriteBytes)/n, "nl-bytes/op")
+	r.ReportMetric(float64(d.Reads)/n, "nl-reads/op")
+}
+
+// Sync runs BenchmarkSync for the backends and loaders.
+func Sync(r R, backends []Backend, loaders []Loader) {
+	maxN := envInt("SVCPLANE_BENCH_MAX", 0)
+	fileMax := envInt("SVCPLANE_BENCH_FILE_MAX", 50000)
+	svc := func(s Size) int { return s.Services }
+	fileSizes := sizes(r, SyncSizes, svc, maxN)
+	fileSizes = slices.DeleteFunc(slices.Clone(fileSizes), func(s Size) bool {
+		return fileMax > 0 && s.Services*s.Endpoints > fileMax
+	})
+	for _, be := range backends {
+		r.Run(be.Name, func(r R) {
+			for _, sc := range Scenarios {
+				r.Run(sc, func(r R) {
+					for _, sz := range sizes(r, SyncSizes, svc, maxN) {
+						var shared *env
+						runSized(r, sz, func(r R) { syncScenario(r, be, sc, sz, &shared) })
+						shared.close(r)
+					}
+				})
+			}
+		})
+	}
+	for _, l := range loaders {
+		r.Run(l.Name, func(r R) {
+			r.Run("full", func(r R) {
+				for _, sz := range fileSizes {
+					runSized(r, sz, func(r R) { loadFull(r, l, sz) })
+				}
+			})
+		})
+	}
+}
+
+// runSized runs f as services=N/endpoints=E.
+func runSized(r R, sz Size, f func(R)) {
+	r.Run(fmt.Sprintf("services=%d", sz.Services), func(r R) {
+		r.Run(fmt.Sprintf("endpoints=%d", sz.Endpoints), f)
+	})
+}
+
+func syncScenario(r R, be Backend, scenario string, sz Size, shared **env) {
+	if scenario == "full" {
+		syncFull(r, be, sz)
+		return
+	}
+	ctx := context.Background()
+	// The body runs several times (growing N): set up once, and let the
+	// caller close the env when the sub-benchmark is done.
+	e := *shared
+	if e == nil {
+		ns := newNS(r)
+		dp, err := be.New(ns.Path(), Node)
+		if err != nil {
+			ns.Close()
+			r.Fatal(err)
+		}
+		e = &env{ns: ns, dp: dp, st: State(sz.Services, sz.Endpoints, sz.Services+1), size: sz, extra: sz.Services}
+		if err := dp.Sync(ctx, e.st); err != nil {
+			e.close(r)
+			r.Fatal(err)
+		}
+		*shared = e
+	}
+	r.ReportAllocs()
+	sync := func(st *dataplane.State) {
+		if err := e.dp.Sync(ctx, st); err != nil {
+			r.Fatal(err)
+		}
+	}
+	var timed Stats
+	var cpu time.Duration
+	count := func(f func()) {
+		b, _ := stats(e.dp)
+		c := cpuTime()
+		f()
+		cpu += cpuTime() - c
+		a, _ := stats(e.dp)
+		timed = timed.add(a.sub(b))
+	}
+	n := r.N()
+	r.ResetTimer()
+	switch scenario {
+	case "noop":
+		for range n {
+			count(func() { sync(e.st) })
+		}
+	case "one-endpoint":
+		// Each op replaces endpoint 0 of the next service by a new
+		// address (outside every generated one), and puts it back when it
+		// comes round again.
+		for range n {
+			k := e.op % sz.Services
+			p := &e.st.Ports[k]
+			if (e.op/sz.Services)%2 == 0 {
+				p.Endpoints[0].Addr = netip.AddrFrom4([4]byte{198, 18, 255, 255})
+				p.Endpoints[0].Port = uint16(1024 + k%60000)
+			} else {
+				p.Endpoints[0] = endpoint(k * sz.Endpoints)
+			}
+			e.op++
+			count(func() { sync(e.st) })
+		}
+	case "add-service":
+		// Each op adds a new service port; it is removed again untimed.
+		all := e.st.Ports[:sz.Services+1]
+		for range n {
+			all[sz.Services] = Port(e.extra, sz.Endpoints)
+			e.extra++
+			count(func() { sync(&dataplane.State{Ports: all}) })
+			r.StopTimer()
+			sync(e.st)
+			r.StartTimer()
+		}
+	case "remove-service":
+		// Each op removes one service port (the next one each time); it
+		// is put back untimed.
+		ports := e.st.Ports
+		last := sz.Services - 1
+		for range n {
+			k := e.op % sz.Services
+			e.op++
+			ports[k], ports[last] = ports[last], ports[k]
+			count(func() { sync(&dataplane.State{Ports: ports[:last]}) })
+			r.StopTimer()
+			sync(e.st)
+			ports[k], ports[last] = ports[last], ports[k]
+			r.StartTimer()
+		}
+	default:
+		r.Fatalf("unknown scenario %q", scenario)
+	}
+	r.StopTimer()
+	if _, ok := stats(e.dp); ok {
+		reportStats(r, timed, n)
+	}
+	r.ReportMetric(float64(cpu.Nanoseconds())/float64(n), "cpu-ns/op")
+	// How much of each op is dataplane.State.Validate, which every Sync
+	// runs on the whole State: the median of 3, untimed.
+	var v [3]time.Duration
+	for i := range v {
+		t0 := time.Now()
+		if err := e.st.Validate(); err != nil {
+			r.Fatal(err)
+		}
+		v[i] = time.Since(t0)
+	}
+	slices.Sort(v[:])
+	r.ReportMetric(float64(v[1].Nanoseconds()), "validate-ns/op")
+}
+
+// syncFull times a cold Sync into an empty namespace, and reports the
+// Go heap the Dataplane keeps and the process's peak RSS.
+func syncFull(r R, be Backend, sz Size) {
+	ctx := context.Background()
+	st := State(sz.Services, sz.Endpoints, 0)
+	r.ReportAllocs()
+	var total Stats
+	var counted bool
+	var cpu time.Duration
+	var heap, hwm float64
+	n := r.N()
+	r.ResetTimer()
+	for range n {
+		r.StopTimer()
+		ns := newNS(r)
+		dp, err := be.New(ns.Path(), Node)
+		if err != nil {
+			ns.Close()
+			r.Fatal(err)
+		}
+		h0 := heapAfterGC()
+		resetPeakRSS()
+		s0, ok := stats(dp)
+		counted = ok
+		c0 := cpuTime()
+		r.StartTimer()
+		err = dp.Sync(ctx, st)
+		r.StopTimer()
+		cpu += cpuTime() - c0
+		if err != nil {
+			dp.Close()
+			ns.Close()
+			r.Fatal(err)
+		}
+		s1, _ := stats(dp)
+		total = total.add(s1.sub(s0))
+		hwm += float64(peakRSS())
+		heap += float64(heapAfterGC()) - float64(h0)
+		runtime.KeepAlive(st)
+		dp.Close()
+		ns.Close()
+		settle(r)
+		r.StartTimer()
+	}
+	r.StopTimer()
+	nf := float64(n)
+	if counted {
+		reportStats(r, total, n)
+	}
+	r.ReportMetric(float64(cpu.Nanoseconds())/nf, "cpu-ns/op")
+	r.ReportMetric(hwm/nf/(1<<20), "peak-RSS-MiB")
+	r.ReportMetric(heap/nf/(1<<20), "heap-MiB")
+	r.ReportMetric(heap/nf/float64(sz.Services), "heap-B/port")
+	r.ReportMetric(heap/nf/float64(sz.Services*sz.Endpoints), "heap-B/endpoint")
+	budget := float64(sz.Services)*2048 + float64(sz.Services*sz.Endpoints)*256
+	r.ReportMetric(100*heap/nf/budget, "heap-%budget")
+}
+
+// loadFull times loading a rendered file into an empty namespace.
+func loadFull(r R, l Loader, sz Size) {
+	st := State(sz.Services, sz.Endpoints, 0)
+	file := l.Render(st, Node)
+	n := r.N()
+	var cpu time.Duration
+	r.ResetTimer()
+	for range n {
+		r.StopTimer()
+		ns := newNS(r)
+		r.StartTimer()
+		c, err := l.Load(ns.Path(), file)
+		r.StopTimer()
+		cpu += c
+		ns.Close()
+		settle(r)
+		if err != nil {
+			r.Fatal(err)
+		}
+		r.StartTimer()
+	}
+	r.StopTimer()
+	r.ReportMetric(float64(len(file)), "file-bytes")
+	r.ReportMetric(float64(cpu.Nanoseconds())/float64(n), "cpu-ns/op")
+}
+
+// cpuTime is the CPU time (user and system, every thread) the process
+// has used: unlike wall time it hardly moves when other programs share
+// the machine. The kernel's netlink work runs on the sending thread and
+// counts as system time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// heapAfterGC returns the live Go heap.
+func heapAfterGC() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// resetPeakRSS returns freed memory to the OS and resets VmHWM, so that
+// the next peakRSS is the peak since now.
+func resetPeakRSS() {
+	debug.FreeOSMemory()
+	os.WriteFile("/proc/self/clear_refs", []byte("5"), 0)
+}
+
+// peakRSS returns VmHWM in bytes.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// settle waits (up to 10 s) until the machine is mostly idle again: a
+// closed namespace is torn down by a kernel worker after Close returns,
+// and that work must not land in the next timed op. Smoke runs time
+// nothing and do not wait.
+func settle(r R) {
+	if r.Once() {
+		return
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	prevIdle, prevTotal := cpuTimes()
+	for time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		idle, total := cpuTimes()
+		if total > prevTotal && float64(idle-prevIdle)/float64(total-prevTotal) > 0.85 {
+			return
+		}
+		prevIdle, prevTotal = idle, total
+	}
+}
+
+func cpuTimes() (idle, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i == 3 || i == 4 { // idle, iowait
+			idle += n
+		}
+	}
+	return idle, total
+}

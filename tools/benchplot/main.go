@@ -1,0 +1,470 @@
+// Command benchplot turns the output of svcplane's benchmarks (go test
+// -bench, internal/syncbench's naming) into docs/benchmarks.md and a plot
+// of full-sync time against services. `make bench` runs it; every figure
+// it writes comes from the one output file it is given.
+//
+//	benchplot -in docs/bench-raw.txt -md docs/benchmarks.md -svg docs/sync-time.svg \
+//	  -machine "…" -kernel "…" -date "…" -how "…"
+//
+// With -count > 1 runs, each figure is the median of its runs.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"image/color"
+	"log"
+	"math"
+	"os"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+)
+
+// result is one benchmark's figures, by unit ("ns/op", "nl-msgs/op", …),
+// each with every run's value.
+type result map[string][]float64
+
+func (r result) get(unit string) (float64, bool) {
+	v := r[unit]
+	if len(v) == 0 {
+		return 0, false
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2], true
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2, true
+}
+
+var (
+	lineRE = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+(\d+)\s+(.*)$`)
+	sizeRE = regexp.MustCompile(`services=(\d+)(?:/endpoints=(\d+))?`)
+)
+
+func parse(path string) (map[string]result, []string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	out := map[string]result{}
+	var order []string
+	var cpu string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if c, ok := strings.CutPrefix(line, "cpu: "); ok {
+			cpu = c
+		}
+		m := lineRE.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		name := m[1]
+		r := out[name]
+		if r == nil {
+			r = result{}
+			out[name] = r
+			order = append(order, name)
+		}
+		f := strings.Fields(m[3])
+		for i := 0; i+1 < len(f); i += 2 {
+			v, err := strconv.ParseFloat(f[i], 64)
+			if err == nil {
+				r[f[i+1]] = append(r[f[i+1]], v)
+			}
+		}
+	}
+	if cpu != "" {
+		order = append(order, "cpu: "+cpu)
+	}
+	return out, order, sc.Err()
+}
+
+type size struct{ services, endpoints int }
+
+func (s size) String() string { return fmt.Sprintf("%d × %d", s.services, s.endpoints) }
+
+func sizeOf(name string) size {
+	m := sizeRE.FindStringSubmatch(name)
+	if m == nil {
+		return size{}
+	}
+	s, _ := strconv.Atoi(m[1])
+	e, _ := strconv.Atoi(m[2])
+	return size{s, e}
+}
+
+var syncSizes = []size{{1000, 5}, {10000, 5}, {50000, 5}, {5000, 50}}
+
+func syncName(backend, scenario string, s size) string {
+	return fmt.Sprintf("BenchmarkSync/%s/%s/services=%d/endpoints=%d", backend, scenario, s.services, s.endpoints)
+}
+
+func dur(ns float64) string {
+	switch {
+	case ns >= 1e9:
+		return fmt.Sprintf("%.2f s", ns/1e9)
+	case ns >= 1e6:
+		return fmt.Sprintf("%.1f ms", ns/1e6)
+	default:
+		return fmt.Sprintf("%.0f µs", ns/1e3)
+	}
+}
+
+func bytesStr(b float64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", b/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", b/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", b/(1<<10))
+	default:
+		return fmt.Sprintf("%.0f B", b)
+	}
+}
+
+func num(v float64) string {
+	if v == math.Trunc(v) {
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	}
+	return strconv.FormatFloat(v, 'f', 1, 64)
+}
+
+func main() {
+	in := flag.String("in", "docs/bench-raw.txt", "benchmark output")
+	md := flag.String("md", "docs/benchmarks.md", "markdown to write")
+	svg := flag.String("svg", "docs/sync-time.svg", "plot to write")
+	machine := flag.String("machine", "", "machine description")
+	kernel := flag.String("kernel", "", "kernel release")
+	date := flag.String("date", "", "date of the run")
+	how := flag.String("how", "", "how the numbers were taken")
+	verify := flag.String("verify", "", "output of the element check to quote")
+	flag.Parse()
+
+	res, order, err := parse(*in)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var cpu string
+	if n := len(order); n > 0 && strings.HasPrefix(order[n-1], "cpu: ") {
+		cpu = strings.TrimPrefix(order[n-1], "cpu: ")
+	}
+	get := func(name, unit string) (float64, bool) {
+		r := res[name]
+		if r == nil {
+			return 0, false
+		}
+		return r.get(unit)
+	}
+	cell := func(name, unit string, f func(float64) string) string {
+		if v, ok := get(name, unit); ok {
+			return f(v)
+		}
+		return "–"
+	}
+
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	w("# svcplane benchmarks")
+	w("")
+	w("Written by `make bench` (tools/benchplot) from one run, whose raw output")
+	w("is [bench-raw.txt](bench-raw.txt) (benchstat reads it). Figures are medians")
+	w("of the runs in that file.")
+	w("")
+	w("- Date: %s", *date)
+	w("- Machine: %s; CPU: %s", *machine, cpu)
+	w("- Kernel: %s", *kernel)
+	if *how != "" {
+		w("- How: %s", *how)
+	}
+	w("")
+	w("The benchmarks are `BenchmarkSync/<backend>/<scenario>/services=<N>/endpoints=<E>`")
+	w("and `BenchmarkConnect/<backend>/services=<N>` (internal/syncbench, run from")
+	w("nft/bench_test.go). Every service port is an IPv4 ClusterIP (TCP 80) with E")
+	w("ready endpoints; each op runs in fresh unnamed network namespaces. `full` is a")
+	w("cold Sync into an empty namespace; `noop` the same State again; `one-endpoint`")
+	w("replaces one endpoint of one service; `add-service` and `remove-service` add or")
+	w("remove one service port (undone untimed). Netlink figures are what the")
+	w("Dataplane sent: messages and bytes of committed batches (batch begin and end")
+	w("included), and reads (nftables generation requests, 20 bytes each).")
+	w("")
+
+	w("## Sync, svcplane nft")
+	w("")
+	w("time/op is wall time; CPU/op is the process's user and system time over the")
+	w("op (every thread: GC, and the kernel's netlink work, which runs on the")
+	w("sending thread), which other load on the machine hardly moves.")
+	w("`State.Validate` is what dataplane's validation of the whole State, which")
+	w("every Sync runs first, takes of that time (measured apart, untimed).")
+	w("")
+	w("| scenario | services × endpoints | time/op | CPU/op | of which State.Validate | netlink msgs/op | netlink bytes/op | reads/op | Go alloc/op | allocs/op |")
+	w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, sc := range []string{"full", "noop", "one-endpoint", "add-service", "remove-service"} {
+		for _, s := range syncSizes {
+			n := syncName("nft", sc, s)
+			if res[n] == nil {
+				continue
+			}
+			w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", sc, s,
+				cell(n, "ns/op", dur), cell(n, "cpu-ns/op", dur), cell(n, "validate-ns/op", dur), cell(n, "nl-msgs/op", num), cell(n, "nl-bytes/op", bytesStr),
+				cell(n, "nl-reads/op", num), cell(n, "B/op", bytesStr), cell(n, "allocs/op", num))
+		}
+	}
+	w("")
+	w("## full: memory")
+	w("")
+	w("Peak RSS is the process's VmHWM, reset before each op. The Go heap kept is")
+	w("HeapAlloc after GC with the Dataplane alive minus before it synced. The")
+	w("budget is 2 KiB per service port plus 256 B per endpoint.")
+	w("")
+	w("| services × endpoints | peak RSS | Go heap kept | per port | per endpoint | of budget |")
+	w("| --- | ---: | ---: | ---: | ---: | ---: |")
+	for _, s := range syncSizes {
+		n := syncName("nft", "full", s)
+		if res[n] == nil {
+			continue
+		}
+		w("| %s | %s | %s | %s | %s | %s |", s,
+			cell(n, "peak-RSS-MiB", func(v float64) string { return fmt.Sprintf("%.0f MiB", v) }),
+			cell(n, "heap-MiB", func(v float64) string { return fmt.Sprintf("%.1f MiB", v) }),
+			cell(n, "heap-B/port", bytesStr), cell(n, "heap-B/endpoint", bytesStr),
+			cell(n, "heap-%budget", func(v float64) string { return fmt.Sprintf("%.0f%%", v) }))
+	}
+	// Per port and per endpoint, solved from 10000 × 5 and 5000 × 50.
+	h1, ok1 := get(syncName("nft", "full", size{10000, 5}), "heap-MiB")
+	h2, ok2 := get(syncName("nft", "full", size{5000, 50}), "heap-MiB")
+	var perPort, perEP float64
+	if ok1 && ok2 {
+		// h = a·N + b·N·E for both sizes.
+		a1, b1, c1 := 10000.0, 50000.0, h1*(1<<20)
+		a2, b2, c2 := 5000.0, 250000.0, h2*(1<<20)
+		det := a1*b2 - a2*b1
+		perPort = (c1*b2 - c2*b1) / det
+		perEP = (a1*c2 - a2*c1) / det
+		w("")
+		w("Solving heap = a·ports + b·endpoints from 10000 × 5 and 5000 × 50 gives")
+		w("a = %s per service port and b = %s per endpoint.", bytesStr(perPort), bytesStr(perEP))
+	}
+	w("")
+
+	w("## The peer: the same State with `nft -f`")
+	w("")
+	w("`nft-file` renders the State the way kube-proxy's nftables mode writes a full")
+	w("sync (knftables: one `add element` line per element, a chain per service with")
+	w("`numgen random mod N vmap` to a chain per endpoint) and loads it with")
+	w("`nsenter --net=<ns> nft -f` into an empty namespace; only the load is timed.")
+	w("")
+	w("| services × endpoints | nft-file | svcplane nft | nft-file / svcplane | CPU: nft-file | CPU: svcplane | CPU ratio |")
+	w("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+	ratios := map[size]float64{}
+	for _, s := range syncSizes {
+		fn, nn := syncName("nft-file", "full", s), syncName("nft", "full", s)
+		f, okf := get(fn, "ns/op")
+		n, okn := get(nn, "ns/op")
+		if !okf && !okn {
+			continue
+		}
+		ratio, cpuRatio := "–", "–"
+		if okf && okn {
+			ratios[s] = f / n
+			ratio = fmt.Sprintf("%.1f×", f/n)
+		}
+		fc, okfc := get(fn, "cpu-ns/op")
+		nc, oknc := get(nn, "cpu-ns/op")
+		if okfc && oknc && nc > 0 {
+			cpuRatio = fmt.Sprintf("%.1f×", fc/nc)
+		}
+		fs := "not run"
+		if okf {
+			fs = dur(f)
+		}
+		w("| %s | %s | %s | %s | %s | %s | %s |", s, fs, cell(nn, "ns/op", dur), ratio, cell(fn, "cpu-ns/op", dur), cell(nn, "cpu-ns/op", dur), cpuRatio)
+	}
+	w("")
+	w("![full sync time against services](sync-time.svg)")
+	w("")
+
+	w("## Connect: new TCP connections through a ClusterIP")
+	w("")
+	w("One client pod connects, one connection after another, to one ClusterIP")
+	w("whose two endpoints are pods on the same node, while N service ports are")
+	w("programmed (conformance/topo). An op is connect, read the greeting, close")
+	w("with a reset; latency is the connect (handshake) alone.")
+	w("")
+	w("| services | conns/s | p50 connect | p99 connect |")
+	w("| ---: | ---: | ---: | ---: |")
+	var connNames []string
+	for _, n := range order {
+		if strings.HasPrefix(n, "BenchmarkConnect/nft/") {
+			connNames = append(connNames, n)
+		}
+	}
+	sort.Slice(connNames, func(i, j int) bool { return sizeOf(connNames[i]).services < sizeOf(connNames[j]).services })
+	us := func(v float64) string { return fmt.Sprintf("%.0f µs", v) }
+	for _, n := range connNames {
+		w("| %d | %s | %s | %s |", sizeOf(n).services, cell(n, "conns/s", func(v float64) string { return fmt.Sprintf("%.0f", v) }),
+			cell(n, "p50-us", us), cell(n, "p99-us", us))
+	}
+	w("")
+
+	w("## Targets (issue 5)")
+	w("")
+	w("| target | measured | |")
+	w("| --- | --- | --- |")
+	target := func(what, measured string, ok bool, known bool) {
+		mark := "missed"
+		if !known {
+			mark = "not measured"
+		} else if ok {
+			mark = "met"
+		}
+		w("| %s | %s | %s |", what, measured, mark)
+	}
+	timeTarget := func(what string, names []string, limit float64) {
+		var parts []string
+		ok, known := true, true
+		for _, n := range names {
+			v, k := get(n, "ns/op")
+			if !k {
+				known = false
+				continue
+			}
+			parts = append(parts, fmt.Sprintf("%s: %s", sizeOf(n), dur(v)))
+			ok = ok && v <= limit
+		}
+		target(what, strings.Join(parts, "; "), ok, known && len(parts) > 0)
+	}
+	timeTarget("full, 10000 × 5 and 5000 × 50: ≤ 1 s", []string{syncName("nft", "full", size{10000, 5}), syncName("nft", "full", size{5000, 50})}, 1e9)
+	timeTarget("full, 50000 × 5: ≤ 3 s", []string{syncName("nft", "full", size{50000, 5})}, 3e9)
+	for _, sc := range []string{"one-endpoint", "add-service"} {
+		var names []string
+		for _, s := range syncSizes {
+			names = append(names, syncName("nft", sc, s))
+		}
+		timeTarget(sc+": ≤ 5 ms at every size", names, 5e6)
+		var msgs []string
+		same, known := true, true
+		first := -1.0
+		for _, n := range names {
+			v, k := get(n, "nl-msgs/op")
+			if !k {
+				known = false
+				continue
+			}
+			msgs = append(msgs, num(v))
+			if first < 0 {
+				first = v
+			}
+			same = same && v == first
+		}
+		target(sc+": constant netlink messages", strings.Join(msgs, ", ")+" msgs/op", same, known)
+	}
+	noop := syncName("nft", "noop", size{50000, 5})
+	timeTarget("noop at 50000 × 5: ≤ 20 ms", []string{noop}, 20e6)
+	if v, ok := get(noop, "nl-msgs/op"); ok {
+		r, _ := get(noop, "nl-reads/op")
+		target("noop: zero netlink messages written", fmt.Sprintf("%s written, %s read (GETGEN)", num(v), num(r)), v == 0, true)
+	} else {
+		target("noop: zero netlink messages written", "", false, false)
+	}
+	if ok1 && ok2 {
+		target("memory: ≤ 2 KiB Go heap per service port + ≤ 256 B per endpoint",
+			fmt.Sprintf("%s per port, %s per endpoint", bytesStr(perPort), bytesStr(perEP)), perPort <= 2048 && perEP <= 256, true)
+	} else {
+		target("memory: ≤ 2 KiB Go heap per service port + ≤ 256 B per endpoint", "", false, false)
+	}
+	r, ok := ratios[size{10000, 5}]
+	target("≥ 3× faster than nft-file, full 10000 × 5", fmt.Sprintf("%.1f×", r), r >= 3, ok)
+	w("")
+	if *verify != "" {
+		w("## Every element is there")
+		w("")
+		w("After the 50000 × 5 full sync, TestFullSyncHoldsEveryElement fetched every")
+		w("expected key back from the kernel (NFT_MSG_GETSETELEM, 1024 keys a request):")
+		w("")
+		w("    %s", strings.TrimSpace(*verify))
+		w("")
+	}
+	if err := os.WriteFile(*md, []byte(b.String()), 0o644); err != nil {
+		log.Fatal(err)
+	}
+	if err := writePlot(*svg, res); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// writePlot draws full-sync time against service ports (5 endpoints
+// each) for every backend that has a full scenario, and the 5000 × 50
+// points as separate markers.
+func writePlot(path string, res map[string]result) error {
+	p := plot.New()
+	p.Title.Text = "Full sync time (cold, empty namespace)"
+	p.X.Label.Text = "service ports (5 endpoints each; crosses: 5000 × 50)"
+	p.Y.Label.Text = "seconds (log scale)"
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = plot.ConstantTicks([]plot.Tick{{Value: 1000, Label: "1000"}, {Value: 5000, Label: "5000"}, {Value: 10000, Label: "10000"}, {Value: 50000, Label: "50000"}})
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	series := []struct {
+		backend, label string
+		c              color.Color
+	}{
+		{"nft", "svcplane nft", color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff}},
+		{"ipvs", "svcplane ipvs", color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff}},
+		{"nft-file", "nft -f (kube-proxy's shape)", color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff}},
+		{"ipvsadm-restore", "ipvsadm -R", color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff}},
+	}
+	for _, s := range series {
+		var pts, big plotter.XYs
+		for _, sz := range syncSizes {
+			r := res[syncName(s.backend, "full", sz)]
+			if r == nil {
+				continue
+			}
+			v, _ := r.get("ns/op")
+			if sz.endpoints == 5 {
+				pts = append(pts, plotter.XY{X: float64(sz.services), Y: v / 1e9})
+			} else {
+				big = append(big, plotter.XY{X: float64(sz.services), Y: v / 1e9})
+			}
+		}
+		if len(pts) > 0 {
+			l, sc, err := plotter.NewLinePoints(pts)
+			if err != nil {
+				return err
+			}
+			l.Color, sc.Color = s.c, s.c
+			l.Width = vg.Points(1.5)
+			sc.Shape = draw.CircleGlyph{}
+			p.Add(l, sc)
+			p.Legend.Add(s.label, l, sc)
+		}
+		if len(big) > 0 {
+			sc, err := plotter.NewScatter(big)
+			if err != nil {
+				return err
+			}
+			sc.Color = s.c
+			sc.Shape = draw.CrossGlyph{}
+			sc.Radius = vg.Points(4)
+			p.Add(sc)
+		}
+	}
+	p.Add(plotter.NewGrid())
+	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
