@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -26,8 +27,9 @@ import (
 // so nothing is rewritten and open connections are not disturbed. For the
 // second, every Sync asks the kernel for the nftables generation (one
 // small message); when something else has committed since our last
-// commit, it checks that the table, chains, rules and sets are all still
-// there and rebuilds the table atomically if not. Elements removed one by
+// commit, it checks that the table holds exactly its chains, rules and
+// sets, nothing missing and nothing added, and rebuilds the table
+// atomically if not. Elements removed one by
 // one behind its back are not detected by this check.
 
 // fingerprintRule is the rule whose comment carries the fingerprint.
@@ -66,23 +68,36 @@ func ptrVal[T any](p *T) any {
 }
 
 // verify reports whether the kernel holds this Dataplane's table with
-// every chain, rule and set it should have, affinity ones included.
+// exactly the chains, rules and sets it should have, affinity ones
+// included, and nothing else: an object another program added inside
+// the table (say, a chain named like the next affinity chain) makes it
+// rebuild the table rather than trip over the object at every Sync.
 func (d *Dataplane) verify() (bool, error) {
-	ok, _, err := d.verifyWith(d.affChains)
-	return ok, err
+	return d.verifyExact(d.affChains)
 }
 
-// verifyWith is verify for the given affinity timeouts; it also returns
-// the timeouts whose affinity chains exist in the kernel.
-func (d *Dataplane) verifyWith(aff map[int64]bool) (bool, map[int64]bool, error) {
-	ok, found, err := d.verifyBase(aff)
-	return ok, found, err
+// kernelAffinity returns the affinity timeouts whose chains the table
+// holds.
+func (d *Dataplane) kernelAffinity() (map[int64]bool, error) {
+	chains, err := d.tableChains()
+	if err != nil {
+		return nil, err
+	}
+	found := make(map[int64]bool)
+	for name := range chains {
+		var t int64
+		if n, _ := fmt.Sscanf(name, "affinity-%ds", &t); n == 1 && name == fmt.Sprintf("affinity-%ds", t) {
+			found[t] = true
+		}
+	}
+	return found, nil
 }
 
-func (d *Dataplane) verifyBase(aff map[int64]bool) (bool, map[int64]bool, error) {
+// tableChains returns the chains of our table by name.
+func (d *Dataplane) tableChains() (map[string]*nftables.Chain, error) {
 	chains, err := d.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return false, nil, fmt.Errorf("list chains: %w", err)
+		return nil, fmt.Errorf("list chains: %w", err)
 	}
 	have := make(map[string]*nftables.Chain)
 	for _, ch := range chains {
@@ -90,12 +105,14 @@ func (d *Dataplane) verifyBase(aff map[int64]bool) (bool, map[int64]bool, error)
 			have[ch.Name] = ch
 		}
 	}
-	found := make(map[int64]bool)
-	for name := range have {
-		var t int64
-		if n, _ := fmt.Sscanf(name, "affinity-%ds", &t); n == 1 && name == fmt.Sprintf("affinity-%ds", t) {
-			found[t] = true
-		}
+	return have, nil
+}
+
+// verifyExact is verify for the given affinity timeouts.
+func (d *Dataplane) verifyExact(aff map[int64]bool) (bool, error) {
+	have, err := d.tableChains()
+	if err != nil {
+		return false, err
 	}
 	c := newChains(d.table)
 	all := c.all()
@@ -103,53 +120,60 @@ func (d *Dataplane) verifyBase(aff map[int64]bool) (bool, map[int64]bool, error)
 	for _, r := range d.rules(c) {
 		want[r.chain.Name]++
 	}
-	var affSets []string
+	wantSets := slices.Clone(d.sets)
 	for t := range aff {
 		a := d.affinityObjects(t)
 		all = append(all, a.chain, a.npChain)
 		for _, r := range d.affinityRules(a) {
 			want[r.chain.Name]++
 		}
-		affSets = append(affSets, a.sets[v4].Name, a.sets[v6].Name)
+		wantSets = append(wantSets, a.sets[v4], a.sets[v6])
+	}
+	if len(have) != len(all) {
+		return false, nil // a chain missing, or one that is not ours
 	}
 	for _, ch := range all {
 		got, ok := have[ch.Name]
-		if !ok {
-			return false, nil, nil
+		if !ok || ptrVal(got.Hooknum) != ptrVal(ch.Hooknum) || ptrVal(got.Priority) != ptrVal(ch.Priority) {
+			return false, nil
 		}
 		rules, err := d.conn.GetRules(d.table, got)
 		if err != nil {
-			return false, nil, fmt.Errorf("list rules of %s: %w", ch.Name, err)
+			return false, fmt.Errorf("list rules of %s: %w", ch.Name, err)
 		}
 		if len(rules) != want[ch.Name] {
-			return false, nil, nil
+			return false, nil
 		}
 		if ch == c.natPrerouting {
 			comment, _ := userdata.GetString(rules[0].UserData, userdata.TypeComment)
 			if !strings.Contains(comment, fingerprintPrefix+d.fingerprint) {
-				return false, nil, nil
+				return false, nil
 			}
 		}
 	}
 	sets, err := d.conn.GetSets(d.table)
 	if err != nil {
-		return false, nil, fmt.Errorf("list sets: %w", err)
+		return false, fmt.Errorf("list sets: %w", err)
 	}
-	names := make(map[string]bool, len(sets))
+	if len(sets) != len(wantSets) {
+		return false, nil // a set missing, or one that is not ours
+	}
+	got := make(map[string]*nftables.Set, len(sets))
 	for _, s := range sets {
-		names[s.Name] = true
+		got[s.Name] = s
 	}
-	for _, s := range d.sets {
-		if !names[s.Name] {
-			return false, nil, nil
+	for _, s := range wantSets {
+		k := got[s.Name]
+		// Same name, same shape: a set of another type in its place
+		// would refuse our elements. (google/nftables v0.3.0 reads a
+		// verdict map's key type back wrong: its size is not compared.)
+		if k == nil || k.IsMap != s.IsMap || k.Interval != s.Interval || k.Dynamic != s.Dynamic ||
+			k.HasTimeout != s.HasTimeout ||
+			(s.DataType != nftables.TypeVerdict && k.KeyType.Bytes != s.KeyType.Bytes) {
+			return false, nil
 		}
 	}
-	for _, n := range affSets {
-		if !names[n] {
-			return false, nil, nil
-		}
-	}
-	return true, found, nil
+	return true, nil
 }
 
 // adopt reads the table's elements into a store when the kernel holds
@@ -165,11 +189,11 @@ func (d *Dataplane) adopt() (*store, error) {
 			return nil, nil // no table: nothing to adopt
 		}
 		// Find the affinity timeouts the table has, then check it all.
-		_, found, err := d.verifyWith(nil)
+		found, err := d.kernelAffinity()
 		if err != nil {
 			return nil, err
 		}
-		ok, _, err := d.verifyWith(found)
+		ok, err := d.verifyExact(found)
 		if err != nil || !ok {
 			return nil, err
 		}

@@ -67,19 +67,24 @@ type Dataplane struct {
 	// benchmarks count netlink traffic with them.
 	beforeFlush func(*nftables.Conn)
 	genReads    int
-	// sock is conn's netlink socket; sendBuf its send buffer size, and
-	// batchBytes a bound on the size of the batch being queued.
-	sock       *netlink.Conn
-	sendBuf    int
-	batchBytes int
+	// sock is conn's netlink socket; sendBuf and recvBuf its buffer
+	// sizes; batchBytes bounds the size of the batch being queued and
+	// queued counts its messages (each one answered by an ack).
+	sock             *netlink.Conn
+	sendBuf, recvBuf int
+	batchBytes       int
+	queued           int
+	// closed is set by Close; conn is nil after a failed batch, too.
+	closed bool
 }
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
-// socket buffer sizes: large enough that the acks of a big batch never
-// overflow the receive buffer (which would report ENOBUFS for a batch the
-// kernel committed) and a batch of several MB fits in one send. A larger
-// batch raises the send buffer first (fitSendBuffer).
+// Socket buffer sizes: a batch of several MB fits in one send, and the
+// acks of a batch of thousands of messages fit in the receive buffer. A
+// larger batch raises them first (fitBuffers): a batch larger than the
+// send buffer fails with EMSGSIZE, and acks overflowing the receive
+// buffer report ENOBUFS for a batch the kernel committed.
 const (
 	sendBuffer = 64 << 20
 	recvBuffer = 16 << 20
@@ -105,20 +110,7 @@ func New(cfg Config) (*Dataplane, error) {
 		}
 		d.nsFd = fd
 	}
-	opts := []nftables.ConnOption{
-		nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *netlink.Conn) error {
-			if err := c.SetWriteBuffer(sendBuffer); err != nil {
-				return err
-			}
-			d.sock, d.sendBuf = c, sendBuffer
-			return c.SetReadBuffer(recvBuffer)
-		}),
-	}
-	if d.nsFd >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(d.nsFd))
-	}
-	conn, err := nftables.New(opts...)
+	conn, err := d.dial()
 	if err != nil {
 		d.closeNS()
 		if errors.Is(err, unix.EPROTONOSUPPORT) {
@@ -138,6 +130,60 @@ func New(cfg Config) (*Dataplane, error) {
 	d.sets = newSets(d.table)
 	d.fingerprint = d.computeFingerprint()
 	return d, nil
+}
+
+// dial opens the lasting netlink connection a Dataplane queues its
+// batches on. Acks carry no copy of their request (NETLINK_CAP_ACK):
+// a batch of 20,000 rules would otherwise need some 40 MB of acks.
+func (d *Dataplane) dial() (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{
+		nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *netlink.Conn) error {
+			if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+				return err
+			}
+			if err := c.SetWriteBuffer(sendBuffer); err != nil {
+				return err
+			}
+			if err := c.SetReadBuffer(recvBuffer); err != nil {
+				return err
+			}
+			d.sock, d.sendBuf, d.recvBuf = c, sendBuffer, recvBuffer
+			return nil
+		}),
+	}
+	if d.nsFd >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(d.nsFd))
+	}
+	return nftables.New(opts...)
+}
+
+// redial drops the connection after a failed batch: its queue may hold
+// messages of the failed batch, and after ENOBUFS its socket holds acks
+// out of sequence (the next Flush would wait for good). The next call
+// opens a new one (connected).
+func (d *Dataplane) redial() {
+	if d.conn != nil {
+		d.conn.CloseLasting()
+		d.conn = nil
+	}
+}
+
+// connected makes sure d has a connection, opening a new one after a
+// failed batch; with d.mu held.
+func (d *Dataplane) connected() error {
+	if d.closed {
+		return errClosed
+	}
+	if d.conn != nil {
+		return nil
+	}
+	conn, err := d.dial()
+	if err != nil {
+		return fmt.Errorf("nft: reopen the netlink connection: %w", err)
+	}
+	d.conn = conn
+	return nil
 }
 
 func checkConfig(cfg *Config) error {
@@ -181,6 +227,7 @@ func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var err error
+	d.closed = true
 	if d.conn != nil {
 		err = d.conn.CloseLasting()
 		d.conn = nil

@@ -50,8 +50,8 @@ func (d *Dataplane) Plan(ctx context.Context, desired *dataplane.State) (*Plan, 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.conn == nil {
-		return nil, errClosed
+	if err := d.connected(); err != nil {
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

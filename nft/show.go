@@ -128,8 +128,8 @@ type Share struct {
 func (d *Dataplane) Show(ctx context.Context) (*Programmed, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.conn == nil {
-		return nil, errClosed
+	if err := d.connected(); err != nil {
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

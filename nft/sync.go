@@ -2,6 +2,7 @@ package nft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync/atomic"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
 )
@@ -25,8 +27,8 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.conn == nil {
-		return errClosed
+	if err := d.connected(); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("nft: sync not started: %w", err)
@@ -44,6 +46,7 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		d.st = nil // the in-memory model moved ahead of the kernel
 		return fmt.Errorf("nft: sync cancelled before commit, nothing changed: %w", err)
 	}
+	d.queued = 0
 	if full {
 		d.queueTable()
 	}
@@ -52,6 +55,7 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	}
 	if err := d.queueElements(changes); err != nil {
 		d.st = nil
+		d.redial() // drop what was queued
 		return fmt.Errorf("nft: encode batch, nothing changed: %w", err)
 	}
 	for _, t := range affDel {
@@ -60,16 +64,24 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		d.conn.DelChain(a.npChain)
 		d.conn.DelSet(a.sets[v4])
 		d.conn.DelSet(a.sets[v6])
+		d.queued += 4
 	}
-	if err := d.fitSendBuffer(); err != nil {
+	if err := d.fitBuffers(); err != nil {
 		d.st = nil
-		return fmt.Errorf("nft: size the netlink send buffer for the batch, nothing changed: %w", err)
+		d.redial()
+		return fmt.Errorf("nft: size the netlink socket buffers for the batch, nothing changed: %w", err)
 	}
 	if d.beforeFlush != nil {
 		d.beforeFlush(d.conn)
 	}
 	if err := d.conn.Flush(); err != nil {
-		d.st = nil // rebuild on the next Sync
+		d.st = nil // read the table back, or rebuild it, on the next Sync
+		d.redial()
+		if errors.Is(err, unix.ENOBUFS) {
+			// The kernel ran the batch, but its answers overflowed
+			// the receive buffer: it may hold the new state.
+			return fmt.Errorf("nft: commit batch to table inet %s: its acknowledgements overflowed the receive buffer, so whether the kernel committed it is unknown; the next Sync reads the table back and converges: %w", d.cfg.Table, err)
+		}
 		return fmt.Errorf("nft: commit batch to table inet %s (the kernel kept its previous state; the next Sync rebuilds the table): %w", d.cfg.Table, err)
 	}
 	d.st.committed()
@@ -92,9 +104,11 @@ func (d *Dataplane) queueTable() {
 	d.conn.AddTable(d.table)
 	d.conn.DelTable(d.table)
 	d.conn.AddTable(d.table)
+	d.queued += 3
 	c := newChains(d.table)
 	for _, ch := range c.all() {
 		d.conn.AddChain(ch)
+		d.queued++
 	}
 	for _, s := range d.sets {
 		// A fresh id within this batch, from our own counter:
@@ -102,6 +116,7 @@ func (d *Dataplane) queueTable() {
 		// which races when several Dataplanes sync at once.
 		s.ID = setIDs.Add(1)
 		d.conn.AddSet(s, nil)
+		d.queued++
 	}
 	for _, r := range d.rules(c) {
 		if r.chain == c.natPrerouting {
@@ -114,6 +129,7 @@ func (d *Dataplane) queueTable() {
 			Exprs:    r.exprs,
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment),
 		})
+		d.queued++
 	}
 }
 
@@ -129,12 +145,14 @@ func (d *Dataplane) queueAffinity(seconds int64) {
 	}
 	d.conn.AddChain(a.chain)
 	d.conn.AddChain(a.npChain)
+	d.queued += 4
 	for _, r := range d.affinityRules(a) {
 		d.queueRule(r)
 	}
 }
 
 func (d *Dataplane) queueRule(r rule) {
+	d.queued++
 	d.conn.AddRule(&nftables.Rule{
 		Table:    d.table,
 		Chain:    r.chain,
@@ -196,6 +214,7 @@ func (d *Dataplane) queueElements(changes []change) error {
 			n := elemSize(e)
 			if sizes[set]+n > maxChunk && len(bufs[set]) > 0 && err == nil {
 				err = d.conn.SetAddElements(d.sets[set], bufs[set])
+				d.queued++
 				bufs[set], sizes[set] = bufs[set][:0], 0
 			}
 			bufs[set] = append(bufs[set], e)
@@ -205,6 +224,7 @@ func (d *Dataplane) queueElements(changes []change) error {
 		for i, b := range bufs {
 			if len(b) > 0 && err == nil {
 				err = d.conn.SetAddElements(d.sets[i], b)
+				d.queued++
 			}
 		}
 		return err
@@ -233,18 +253,31 @@ func elemSize(e nftables.SetElement) int {
 // chains, sets and rules, and affinity chains.
 const batchSlack = 8 << 20
 
-// fitSendBuffer raises the socket's send buffer when the queued batch
-// might not fit: the kernel refuses a message larger than the buffer
-// (EMSGSIZE), and a full Sync of 50000 service ports is some 150 MB.
-func (d *Dataplane) fitSendBuffer() error {
-	need := d.batchBytes + batchSlack
-	if need <= d.sendBuf || d.sock == nil {
+// ackBytes bounds the receive buffer one ack takes (its skb's true
+// size, for a capped ack of a few dozen bytes).
+const ackBytes = 1 << 10
+
+// fitBuffers raises the socket's buffers when the queued batch might not
+// fit: the kernel refuses a batch larger than the send buffer (EMSGSIZE;
+// a full Sync of 50000 service ports is some 150 MB), and when the acks
+// of its messages overflow the receive buffer, Flush reports ENOBUFS for
+// a batch the kernel committed (20,000 rules of 40 affinity timeouts).
+func (d *Dataplane) fitBuffers() error {
+	if d.sock == nil {
 		return nil
 	}
-	if err := d.sock.SetWriteBuffer(need); err != nil {
-		return err
+	if need := d.batchBytes + batchSlack; need > d.sendBuf {
+		if err := d.sock.SetWriteBuffer(need); err != nil {
+			return err
+		}
+		d.sendBuf = need
 	}
-	d.sendBuf = need
+	if need := 2*d.queued*ackBytes + (1 << 20); need > d.recvBuf {
+		if err := d.sock.SetReadBuffer(need); err != nil {
+			return err
+		}
+		d.recvBuf = need
+	}
 	return nil
 }
 
@@ -252,7 +285,10 @@ func (d *Dataplane) chunked(es []nftables.SetElement, send func([]nftables.SetEl
 	for _, e := range es {
 		d.batchBytes += elemSize(e)
 	}
-	return chunked(es, send)
+	return chunked(es, func(es []nftables.SetElement) error {
+		d.queued++
+		return send(es)
+	})
 }
 
 func chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) error {
@@ -302,8 +338,8 @@ func (d *Dataplane) removePort(s *svcState) {
 func (d *Dataplane) Cleanup(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.conn == nil {
-		return errClosed
+	if err := d.connected(); err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -314,6 +350,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	d.svcs = nil
 	d.affChains = nil
 	if err := d.conn.Flush(); err != nil {
+		d.redial()
 		return fmt.Errorf("nft: delete table inet %s: %w", d.cfg.Table, err)
 	}
 	return nil
