@@ -45,7 +45,9 @@
 //     packet picks one with numgen random mod 64 and is DNATed to that
 //     bucket's endpoint. Each endpoint owns an equal share of the buckets
 //     (to within one), and a change of one endpoint rewrites only the
-//     buckets that change hands.
+//     buckets that change hands. Weights therefore come in steps of 1/64,
+//     and a frontend with more than 64 endpoints sends traffic to 64 of
+//     them only (the ipvs backend has no such limit).
 //   - cluster-ips, no-endpoints, no-local-endpoints and
 //     no-endpoint-nodeports decide rejects and drops after DNAT: what is
 //     still addressed to a frontend found no endpoint.
