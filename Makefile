@@ -36,9 +36,19 @@ vet:
 conformance: deps
 	$(GO) test -count=1 -v ./conformance/ $(GOFLAGS_TEST)
 
-## demo: builds a throwaway cluster in namespaces, programs svc-web with the nft backend, sends traffic (root)
+## demo: the tour — a throwaway cluster in namespaces, the classroom Services programmed with the nft backend, real traffic (root). BACKEND=ipvs: the IPVS backend, natively where /proc/net/ip_vs exists, else inside a VM booting Debian's 6.1 kernel (scripts/vm; DEMO_KERNEL=6.12 for the other)
+BACKEND ?= nft
+DEMO_KERNEL ?= 6.1
 demo: deps
-	$(GO) run ./examples/demo
+	@if [ "$(BACKEND)" != ipvs ] || [ -e /proc/net/ip_vs ]; then \
+	  echo "$(GO) run ./examples/demo -backend $(BACKEND)"; \
+	  $(GO) run ./examples/demo -backend "$(BACKEND)"; \
+	else \
+	  echo "== this kernel has no IPVS: running the tour in a VM booting Debian's $(DEMO_KERNEL) kernel (scripts/vm; emulated, so slower; the first run downloads the kernel)"; \
+	  dir=$$(mktemp -d "$${TMPDIR:-/tmp}/svcplane-demo.XXXXXX") && trap 'rm -rf "$$dir"' EXIT && \
+	  CGO_ENABLED=0 $(GO) build -o "$$dir/demo" ./examples/demo && \
+	  ./scripts/vm/run.sh --kernel "$(DEMO_KERNEL)" --timeout 900 --env SVCPLANE_TIME_SCALE=4 -- "$$dir/demo" -backend ipvs; \
+	fi
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -17,7 +17,9 @@
 // even a killed demo leaves nothing behind.
 //
 // Run it as root: `make demo` or `sudo go run ./examples/demo`.
-// -backend ipvs runs it on the IPVS backend, on a kernel that has IPVS.
+// -backend ipvs runs it on the IPVS backend, on a kernel that has IPVS;
+// `make demo BACKEND=ipvs` does that, or, where this kernel has no IPVS,
+// runs the demo inside a VM booting Debian's 6.1 kernel (scripts/vm).
 package main
 
 import (
@@ -33,6 +35,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/svcplane/svcplane/conformance/topo"
 	"github.com/svcplane/svcplane/dataplane"
@@ -70,6 +73,7 @@ type demo struct {
 	backend string
 	out     io.Writer
 	tty     bool // out is a terminal: draw progress lines
+	drawn   int  // columns of the progress line on screen
 
 	topo   *topo.Topology
 	dps    []dataplane.Dataplane
@@ -259,7 +263,7 @@ func (d *demo) newDataplane(node *topo.Node) (dataplane.Dataplane, error) {
 	case "ipvs":
 		dp, err := ipvs.New(ipvs.Config{Node: node.NodeModel(), NetNS: node.NS.Path()})
 		if errors.Is(err, dataplane.ErrUnsupported) {
-			return nil, fmt.Errorf("-backend ipvs: this kernel has no IPVS; use a kernel with IPVS (CONFIG_IP_VS), or the nft backend: %w", err)
+			return nil, fmt.Errorf("-backend ipvs: this kernel has no IPVS; `make demo BACKEND=ipvs` runs the tour in a VM whose kernel has it, or use the nft backend: %w", err)
 		}
 		return dp, err
 	default:
@@ -328,12 +332,23 @@ func (d *demo) progress(what string, i, n int) {
 	}
 	const width = 30
 	done := i * width / n
-	fmt.Fprintf(d.out, "\r    [%s%s] %3d/%d  %s", strings.Repeat("#", done), strings.Repeat(".", width-done), i, n, what)
+	d.draw(fmt.Sprintf("    [%s%s] %3d/%d  %s", strings.Repeat("#", done), strings.Repeat(".", width-done), i, n, what))
 }
 
+// draw replaces the progress line with line.
+func (d *demo) draw(line string) {
+	pad := max(d.drawn-utf8.RuneCountInString(line), 0)
+	fmt.Fprintf(d.out, "\r%s%s", line, strings.Repeat(" ", pad))
+	d.drawn = utf8.RuneCountInString(line) + pad
+}
+
+// clearLine blanks the progress line with spaces rather than an escape
+// sequence, so that it also works on a serial console whose escapes are
+// filtered (the VM run of make demo BACKEND=ipvs).
 func (d *demo) clearLine() {
-	if d.tty {
-		fmt.Fprint(d.out, "\r\033[K")
+	if d.tty && d.drawn > 0 {
+		fmt.Fprintf(d.out, "\r%s\r", strings.Repeat(" ", d.drawn))
+		d.drawn = 0
 	}
 }
 
@@ -350,7 +365,7 @@ func (d *demo) spin(what string) func() {
 		t := time.NewTicker(80 * time.Millisecond)
 		defer t.Stop()
 		for i := 0; ; i++ {
-			fmt.Fprintf(d.out, "\r    %c %s ...", frames[i%len(frames)], what)
+			d.draw(fmt.Sprintf("    %c %s ...", frames[i%len(frames)], what))
 			select {
 			case <-stop:
 				d.clearLine()
