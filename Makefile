@@ -74,9 +74,9 @@ vm-kernels:
 	@./scripts/vm/prepare.sh $(KERNELS)
 
 # --- Benchmarks at cluster scale (issue 5): internal/syncbench, run from
-# nft/bench_test.go. `make test` runs each case once at its smallest size
-# (TestBenchmarks); this runs them all, from one test binary, and writes the
-# docs from that run.
+# nft/bench_test.go here and ipvs/bench_test.go in a VM. `make test` runs
+# each case once at its smallest size (TestBenchmarks); this runs them all,
+# from one test binary per backend, and writes the docs from that run.
 BENCH_MAX ?= 0
 BENCH_FILE_MAX ?= 50000
 BENCH_COUNT ?= 1
@@ -84,14 +84,23 @@ BENCH_SMALL ?= 30x
 BENCH_FULL ?= 3x
 BENCH_CONNECT ?= 3000x
 BENCH_VERIFY ?= 50000
+# The IPVS half, in a VM (this kernel has no IPVS): BENCH_VM=0 skips it.
+BENCH_VM ?= 1
+BENCH_VM_KERNEL ?= 6.1
+BENCH_VM_SIZES ?= 1000x5,10000x5
+BENCH_VM_FULL ?= 1x
+BENCH_VM_SMALL ?= 5x
 BENCH_RAW := docs/bench-raw.txt
 BENCH_BIN := docs/.nft-bench.test
 
 .PHONY: bench
 
-## bench: BenchmarkSync (nft, nft-file) and BenchmarkConnect at every size, then docs/benchmarks.md and docs/sync-time.svg from that run (root; about 20 min on 2 cores; BENCH_MAX=N limits the sizes; run it on an idle machine)
+## bench: BenchmarkSync (nft, nft-file; ipvs, ipvsadm-restore in a Debian 6.1 VM) and BenchmarkConnect at every size, then docs/benchmarks.md and docs/sync-time.svg from that run (root; about 40 min on 2 cores; BENCH_MAX=N limits the sizes, BENCH_VM=0 skips the VM; run it on an idle machine)
 bench: deps
 	@mkdir -p docs
+	@if [ "$(BENCH_VM)" != 0 ] && ! command -v ipvsadm >/dev/null; then \
+	  echo "bench: installing ipvsadm (the VM runs this machine's programs)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ipvsadm >/dev/null; fi
 	$(GO) test -c -o $(BENCH_BIN) ./nft
 	@echo "bench: load average before: $$(cut -d' ' -f1-3 /proc/loadavg)"; cut -d' ' -f1-3 /proc/loadavg > docs/.bench-load
 	@: > $(BENCH_RAW)
@@ -104,13 +113,20 @@ bench: deps
 	  set -- $$run; echo "bench: $$1 -benchtime=$$2 (load $$(cut -d' ' -f1 /proc/loadavg))"; \
 	  $$bin -test.run '^$$' -test.count=$(BENCH_COUNT) -test.timeout 120m -test.bench "$$1" -test.benchtime=$$2 >> $$raw 2>&1 || { tail -30 $$raw; exit 1; }; \
 	done; \
-	echo "bench: every element after a $(BENCH_VERIFY) × 5 full sync"; \
-	SVCPLANE_VERIFY_SERVICES=$(BENCH_VERIFY) $$bin -test.count=1 -test.timeout 60m -test.run '^TestFullSyncHoldsEveryElement$$' -test.v > ../docs/.bench-verify 2>&1 || { cat ../docs/.bench-verify; exit 1; }
-	@load_after=$$(cut -d' ' -f1-3 /proc/loadavg); \
-	cd tools/benchplot && $(GO) run . -in ../../$(BENCH_RAW) -md ../../docs/benchmarks.md -svg ../../docs/sync-time.svg \
+	verify=$(BENCH_VERIFY); if [ $(BENCH_MAX) -gt 0 ] && [ $(BENCH_MAX) -lt $$verify ]; then verify=$(BENCH_MAX); fi; \
+	echo "bench: every element after a $$verify × 5 full sync"; echo $$verify > ../docs/.bench-verify-n; \
+	SVCPLANE_VERIFY_SERVICES=$$verify $$bin -test.count=1 -test.timeout 60m -test.run '^TestFullSyncHoldsEveryElement$$' -test.v > ../docs/.bench-verify 2>&1 || { cat ../docs/.bench-verify; exit 1; }
+	@load_after=$$(cut -d' ' -f1-3 /proc/loadavg); echo "$$load_after" > docs/.bench-load-after
+	@if [ "$(BENCH_VM)" != 0 ]; then \
+	  echo "bench: the IPVS half in a VM booting Debian $(BENCH_VM_KERNEL) (load $$(cut -d' ' -f1 /proc/loadavg))"; \
+	  KERNEL=$(BENCH_VM_KERNEL) SIZES=$(BENCH_VM_SIZES) MAX=$(BENCH_MAX) FULL=$(BENCH_VM_FULL) SMALL=$(BENCH_VM_SMALL) COUNT=$(BENCH_COUNT) \
+	    ./tools/benchplot/ipvs-vm.sh docs/.bench-vm && cat docs/.bench-vm >> $(BENCH_RAW); \
+	fi
+	@cd tools/benchplot && $(GO) run . -in ../../$(BENCH_RAW) -md ../../docs/benchmarks.md -svg ../../docs/sync-time.svg \
+	  -notes ../../docs/performance-notes.md \
 	  -date "$$(date -u '+%Y-%m-%d %H:%M UTC')" -kernel "$$(uname -r)" \
 	  -machine "$$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$($(GO) version | cut -d' ' -f3), $$(nft --version)" \
-	  -how "one make bench run of one test binary; -count=$(BENCH_COUNT); -benchtime $(BENCH_FULL) for full, $(BENCH_SMALL) for the other scenarios, 1x for nft-file, $(BENCH_CONNECT) for Connect; load average $$(cat ../../docs/.bench-load) before, $$load_after after; each full op starts when the CPUs are idle again after the previous namespace is torn down" \
-	  -verify "$$(grep -o 'the kernel holds all.*' ../../docs/.bench-verify)"
-	@rm -f docs/.bench-load docs/.bench-verify $(BENCH_BIN)
+	  -how "one make bench run; one test binary per backend; -count=$(BENCH_COUNT); -benchtime $(BENCH_FULL) for full, $(BENCH_SMALL) for the other scenarios, 1x for nft-file, $(BENCH_CONNECT) for Connect; in the VM $(BENCH_VM_FULL) for full, $(BENCH_VM_SMALL) for the others, 1x for ipvsadm-restore; load average $$(cat ../../docs/.bench-load) before, $$(cat ../../docs/.bench-load-after) after the native half; each full op starts when the CPUs are idle again after the previous namespace is torn down" \
+	  -verify-n "$$(cat ../../docs/.bench-verify-n)" -verify "$$(grep -o 'the kernel holds all.*' ../../docs/.bench-verify)"
+	@rm -f docs/.bench-load docs/.bench-load-after docs/.bench-verify docs/.bench-verify-n docs/.bench-vm $(BENCH_BIN)
 	@echo "bench: wrote docs/benchmarks.md, docs/sync-time.svg and $(BENCH_RAW)"

@@ -27,16 +27,12 @@ var nftBackend = syncbench.Backend{
 		if err != nil {
 			return nil, err
 		}
-		return countedDP{d, countNetlink(d)}, nil
+		return syncbench.WithStats(d, countNetlink(d).stats), nil
 	},
+	// Batch begin, the bucket deletions and additions, the hairpin pair
+	// of the new endpoint and of the old one, batch end.
+	MaxOneEndpointMsgs: 6,
 }
-
-type countedDP struct {
-	*Dataplane
-	c *netlinkCount
-}
-
-func (c countedDP) NetlinkStats() syncbench.Stats { return c.c.stats() }
 
 // BenchmarkSync is BenchmarkSync/<backend>/<scenario>/services=<N>/endpoints=<E>
 // for the library ("nft") and its peer, the same State loaded with nft -f

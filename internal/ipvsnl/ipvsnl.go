@@ -122,6 +122,21 @@ type Conn struct {
 	mu     sync.Mutex
 	c      *genetlink.Conn
 	family uint16
+	counts Counts
+}
+
+// Counts is the netlink traffic a Conn sent: requests that change IPVS
+// (Writes, and their bytes as sent: netlink and genetlink headers
+// included) and requests that only read (Reads: dumps and GET_INFO).
+type Counts struct {
+	Writes, WriteBytes, Reads int64
+}
+
+// Counts returns what c sent since Dial.
+func (c *Conn) Counts() Counts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counts
 }
 
 // Dial opens an IPVS netlink connection in the network namespace behind
@@ -173,6 +188,15 @@ func (c *Conn) Version() (uint32, error) {
 func (c *Conn) execute(cmd uint8, flags netlink.HeaderFlags, data []byte) ([]genetlink.Message, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	switch cmd {
+	case cmdGetService, cmdGetDest, cmdGetInfo:
+		c.counts.Reads++
+	default:
+		c.counts.Writes++
+		// A 16-byte netlink header, a 4-byte genetlink header, the
+		// attributes, padded to 4 bytes.
+		c.counts.WriteBytes += int64(16+4+len(data)+3) &^ 3
+	}
 	return c.c.Execute(genetlink.Message{Header: genetlink.Header{Command: cmd, Version: 1}, Data: data}, c.family, flags)
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -16,33 +15,40 @@ import (
 
 // NFTFile is the `nft -f` peer: a State rendered as the script kube-proxy's
 // nftables mode (1.3x, through knftables) writes for a full sync, loaded
-// into an empty namespace with `nsenter --net=<ns> nft -f <file>`.
-var NFTFile = Loader{Name: "nft-file", Render: RenderNFT, Load: LoadNFT}
+// into an empty namespace with `nsenter --net=<ns> nft -f -`, the script
+// on standard input, as knftables runs nft.
+var NFTFile = Loader{Name: "nft-file", Render: RenderNFT, Load: LoadNFT,
+	Available: func() error { return needProgram("nft", "nftables") }}
 
-// LoadNFT runs `nft -f` on file inside the namespace at nsPath and
-// returns nft's CPU time (nsenter execs nft in its own process).
+// LoadNFT runs `nft -f -` with file on its standard input inside the
+// namespace at nsPath and returns nft's CPU time (nsenter execs nft in
+// its own process).
 func LoadNFT(nsPath string, file []byte) (time.Duration, error) {
-	f, err := os.CreateTemp("", "svcplane-bench-*.nft")
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(file); err != nil {
-		f.Close()
-		return 0, err
-	}
-	if err := f.Close(); err != nil {
-		return 0, err
-	}
-	cmd := exec.Command("nsenter", "--net="+nsPath, "nft", "-f", f.Name())
+	return load(nsPath, file, "nft", "-f", "-")
+}
+
+// load runs prog with args inside the namespace at nsPath, file on its
+// standard input, and returns its CPU time.
+func load(nsPath string, file []byte, prog string, args ...string) (time.Duration, error) {
+	cmd := exec.Command("nsenter", append([]string{"--net=" + nsPath, prog}, args...)...)
+	cmd.Stdin = bytes.NewReader(file)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		if len(out) > 2000 {
 			out = out[:2000]
 		}
-		return 0, fmt.Errorf("nft -f: %v\n%s", err, out)
+		return 0, fmt.Errorf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
 	}
 	return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+}
+
+// needProgram says how to install prog (from Debian package pkg) when it
+// is not in PATH.
+func needProgram(prog, pkg string) error {
+	if _, err := exec.LookPath(prog); err != nil {
+		return fmt.Errorf("%s is not installed (apt-get install %s): %w", prog, pkg, err)
+	}
+	return nil
 }
 
 // RenderNFT writes st (IPv4 service ports with cluster IPs, external IPs

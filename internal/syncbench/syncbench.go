@@ -8,43 +8,58 @@
 //
 // A backend package registers itself in its own bench_test.go: nft/ runs
 // "nft" (the library) and "nft-file" (the same State rendered in the shape
-// kube-proxy's nftables mode writes and loaded with `nft -f`); an IPVS
-// backend adds "ipvs" and a file loader such as "ipvsadm-restore" the
-// same way (see Backend and Loader).
+// kube-proxy's nftables mode writes and loaded with `nft -f`); ipvs/ runs
+// "ipvs" and "ipvsadm-restore" (the same virtual and real servers loaded
+// with `ipvsadm -R`) the same way (see Backend and Loader).
 //
-// Everything runs in fresh unnamed network namespaces (needs root); the
-// root namespace is never touched. Addresses come from the documentation
-// and benchmarking ranges only: cluster IPs in 198.19.0.0/16, endpoints in
-// 198.18.0.0/16.
+// Everything runs in fresh unnamed network namespaces (needs root) whose
+// loopback is up, as on a node; the root namespace is never touched.
+// Addresses come from the documentation and benchmarking ranges only:
+// cluster IPs in 198.19.0.0/16, endpoints in 198.18.0.0/16.
 //
 // Bodies take an R, which is a *testing.B in benchmarks (Bench) or a
 // *testing.T that runs each case exactly once (Once), so that `go test`
 // without -bench keeps every benchmark working at its smallest size.
 //
+// Smoke runs (Once) also check what needs no timing: a noop Sync writes
+// no netlink message, and a one-endpoint Sync at most
+// Backend.MaxOneEndpointMsgs.
+//
 // Environment:
 //
 //	SVCPLANE_BENCH_MAX=N       skip sizes with more than N services (0: all)
+//	SVCPLANE_BENCH_SIZES=L     run only these sizes of BenchmarkSync, a
+//	                           comma-separated list of <services>x<endpoints>
+//	                           (e.g. 1000x5,10000x5: what TCG can take)
 //	SVCPLANE_BENCH_FILE_MAX=N  file loaders: skip sizes with more than N
 //	                           endpoints in all (default 50000: 1000 × 5 and
 //	                           10000 × 5; nft -f of 250000 endpoint chains
 //	                           takes many minutes)
+//	SVCPLANE_BENCH_HEAPPROFILE=F  full: write a heap profile to F after the
+//	                           first op's Sync, with the Dataplane alive
+//	                           (go tool pprof -sample_index=inuse_space)
 package syncbench
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/netnsutil"
@@ -96,20 +111,24 @@ func (o once) Run(name string, f func(R)) bool {
 	return o.T.Run(name, func(t *testing.T) { f(once{t}) })
 }
 
-// Stats counts the netlink traffic a Dataplane sent since it was opened.
-// Writes are what change the kernel (the messages of committed batches,
-// batch begin and end included, and their bytes as sent); Reads are the
-// small requests that only read, such as the nftables generation.
+// Stats counts the netlink traffic a Dataplane sent since it was opened,
+// on the kernel interface it programs (nftables for nft, IPVS for ipvs).
+// Writes are what change the kernel (for nftables the messages of
+// committed batches, batch begin and end included; for IPVS one message
+// per operation; and their bytes as sent); Reads are the requests that
+// only read (the nftables generation; IPVS dumps). Commits counts
+// nftables transactions (batches) committed, which the ipvs backend also
+// sends for its filter table.
 type Stats struct {
-	WriteMsgs, WriteBytes, Reads int64
+	WriteMsgs, WriteBytes, Reads, Commits int64
 }
 
 func (s Stats) sub(o Stats) Stats {
-	return Stats{s.WriteMsgs - o.WriteMsgs, s.WriteBytes - o.WriteBytes, s.Reads - o.Reads}
+	return Stats{s.WriteMsgs - o.WriteMsgs, s.WriteBytes - o.WriteBytes, s.Reads - o.Reads, s.Commits - o.Commits}
 }
 
 func (s Stats) add(o Stats) Stats {
-	return Stats{s.WriteMsgs + o.WriteMsgs, s.WriteBytes + o.WriteBytes, s.Reads + o.Reads}
+	return Stats{s.WriteMsgs + o.WriteMsgs, s.WriteBytes + o.WriteBytes, s.Reads + o.Reads, s.Commits + o.Commits}
 }
 
 // Counted is a Dataplane that counts its netlink traffic.
@@ -117,13 +136,30 @@ type Counted interface {
 	NetlinkStats() Stats
 }
 
+// WithStats returns dp as a Counted Dataplane whose NetlinkStats are
+// what stats returns.
+func WithStats(dp dataplane.Dataplane, stats func() Stats) dataplane.Dataplane {
+	return counted{dp, stats}
+}
+
+type counted struct {
+	dataplane.Dataplane
+	stats func() Stats
+}
+
+func (c counted) NetlinkStats() Stats { return c.stats() }
+
 // Backend is a library backend under test.
 type Backend struct {
 	// Name is the <backend> element of benchmark names: "nft", "ipvs".
 	Name string
 	// New opens a Dataplane for the namespace at nsPath. It may implement
-	// Counted; then messages and bytes are reported.
+	// Counted; then messages and bytes are reported. An error wrapping
+	// dataplane.ErrUnsupported skips the benchmark.
 	New func(nsPath string, node dataplane.Node) (dataplane.Dataplane, error)
+	// MaxOneEndpointMsgs, when above 0, is what a one-endpoint Sync may
+	// write at most; smoke runs check it.
+	MaxOneEndpointMsgs int
 }
 
 // Loader is a peer that programs a State by rendering a file and
@@ -137,6 +173,9 @@ type Loader struct {
 	// Load loads file into the empty namespace at nsPath and returns the
 	// CPU time the loading program used.
 	Load func(nsPath string, file []byte) (time.Duration, error)
+	// Available, when set, says why the loader cannot run here (its
+	// program is missing, say); the benchmark then skips.
+	Available func() error
 }
 
 // Size is one benchmark size.
@@ -160,6 +199,23 @@ func envInt(name string, def int) int {
 		return v
 	}
 	return def
+}
+
+// syncSizes returns SyncSizes, or the sizes SVCPLANE_BENCH_SIZES lists.
+func syncSizes(r R) []Size {
+	v := os.Getenv("SVCPLANE_BENCH_SIZES")
+	if v == "" {
+		return SyncSizes
+	}
+	var out []Size
+	for f := range strings.SplitSeq(v, ",") {
+		var s Size
+		if _, err := fmt.Sscanf(strings.TrimSpace(f), "%dx%d", &s.Services, &s.Endpoints); err != nil || s.Services < 1 || s.Endpoints < 1 {
+			r.Fatalf("SVCPLANE_BENCH_SIZES=%q: %q is not <services>x<endpoints>", v, f)
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 // sizes returns the sizes to run: all up to max (0: no limit), or in a
@@ -229,7 +285,9 @@ func State(n, e, capacity int) *dataplane.State {
 	return st
 }
 
-// newNS returns a fresh namespace; fatal on error.
+// newNS returns a fresh namespace with its loopback up (IPVS refuses
+// real servers in a namespace without a local routing table); fatal on
+// error.
 func newNS(r R) *netnsutil.NS {
 	r.Helper()
 	if os.Geteuid() != 0 {
@@ -239,7 +297,42 @@ func newNS(r R) *netnsutil.NS {
 	if err != nil {
 		r.Fatal(err)
 	}
+	if err := loUp(ns); err != nil {
+		ns.Close()
+		r.Fatal(err)
+	}
 	return ns
+}
+
+func loUp(ns *netnsutil.NS) error {
+	h, err := netlink.NewHandleAt(netns.NsHandle(ns.Fd()))
+	if err != nil {
+		return fmt.Errorf("rtnetlink in the benchmark namespace: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err == nil {
+		err = h.LinkSetUp(lo)
+	}
+	if err != nil {
+		return fmt.Errorf("bring lo up in the benchmark namespace: %w", err)
+	}
+	return nil
+}
+
+// newDP opens be's Dataplane on ns; it skips when the kernel lacks what
+// the backend needs, and is fatal on other errors.
+func newDP(r R, be Backend, ns *netnsutil.NS) dataplane.Dataplane {
+	r.Helper()
+	dp, err := be.New(ns.Path(), Node)
+	if err != nil {
+		ns.Close()
+		if errors.Is(err, dataplane.ErrUnsupported) {
+			r.Skip(err)
+		}
+		r.Fatal(err)
+	}
+	return dp
 }
 
 // env is a synced Dataplane that the ops of one sub-benchmark share
@@ -276,6 +369,7 @@ func reportStats(r R, d Stats, ops int) {
 	r.ReportMetric(float64(d.WriteMsgs)/n, "nl-msgs/op")
 	r.ReportMetric(float64(d.WriteBytes)/n, "nl-bytes/op")
 	r.ReportMetric(float64(d.Reads)/n, "nl-reads/op")
+	r.ReportMetric(float64(d.Commits)/n, "nft-commits/op")
 }
 
 // Sync runs BenchmarkSync for the backends and loaders.
@@ -283,7 +377,8 @@ func Sync(r R, backends []Backend, loaders []Loader) {
 	maxN := envInt("SVCPLANE_BENCH_MAX", 0)
 	fileMax := envInt("SVCPLANE_BENCH_FILE_MAX", 50000)
 	svc := func(s Size) int { return s.Services }
-	fileSizes := sizes(r, SyncSizes, svc, maxN)
+	all := syncSizes(r)
+	fileSizes := sizes(r, all, svc, maxN)
 	fileSizes = slices.DeleteFunc(slices.Clone(fileSizes), func(s Size) bool {
 		return fileMax > 0 && s.Services*s.Endpoints > fileMax
 	})
@@ -291,7 +386,7 @@ func Sync(r R, backends []Backend, loaders []Loader) {
 		r.Run(be.Name, func(r R) {
 			for _, sc := range Scenarios {
 				r.Run(sc, func(r R) {
-					for _, sz := range sizes(r, SyncSizes, svc, maxN) {
+					for _, sz := range sizes(r, all, svc, maxN) {
 						var shared *env
 						runSized(r, sz, func(r R) { syncScenario(r, be, sc, sz, &shared) })
 						shared.close(r)
@@ -302,6 +397,11 @@ func Sync(r R, backends []Backend, loaders []Loader) {
 	}
 	for _, l := range loaders {
 		r.Run(l.Name, func(r R) {
+			if l.Available != nil {
+				if err := l.Available(); err != nil {
+					r.Skip(err)
+				}
+			}
 			r.Run("full", func(r R) {
 				for _, sz := range fileSizes {
 					runSized(r, sz, func(r R) { loadFull(r, l, sz) })
@@ -329,11 +429,7 @@ func syncScenario(r R, be Backend, scenario string, sz Size, shared **env) {
 	e := *shared
 	if e == nil {
 		ns := newNS(r)
-		dp, err := be.New(ns.Path(), Node)
-		if err != nil {
-			ns.Close()
-			r.Fatal(err)
-		}
+		dp := newDP(r, be, ns)
 		e = &env{ns: ns, dp: dp, st: State(sz.Services, sz.Endpoints, sz.Services+1), size: sz, extra: sz.Services}
 		if err := dp.Sync(ctx, e.st); err != nil {
 			e.close(r)
@@ -348,12 +444,14 @@ func syncScenario(r R, be Backend, scenario string, sz Size, shared **env) {
 		}
 	}
 	var timed Stats
-	var cpu time.Duration
+	var cpu, sys time.Duration
 	count := func(f func()) {
 		b, _ := stats(e.dp)
-		c := cpuTime()
+		cu, cs := cpuTime()
 		f()
-		cpu += cpuTime() - c
+		u, s := cpuTime()
+		cpu += u + s - cu - cs
+		sys += s - cs
 		a, _ := stats(e.dp)
 		timed = timed.add(a.sub(b))
 	}
@@ -412,8 +510,12 @@ func syncScenario(r R, be Backend, scenario string, sz Size, shared **env) {
 	r.StopTimer()
 	if _, ok := stats(e.dp); ok {
 		reportStats(r, timed, n)
+		if r.Once() {
+			checkMsgs(r, be, scenario, timed, n)
+		}
 	}
 	r.ReportMetric(float64(cpu.Nanoseconds())/float64(n), "cpu-ns/op")
+	r.ReportMetric(float64(sys.Nanoseconds())/float64(n), "sys-ns/op")
 	// How much of each op is dataplane.State.Validate, which every Sync
 	// runs on the whole State: the median of 3, untimed.
 	var v [3]time.Duration
@@ -428,6 +530,19 @@ func syncScenario(r R, be Backend, scenario string, sz Size, shared **env) {
 	r.ReportMetric(float64(v[1].Nanoseconds()), "validate-ns/op")
 }
 
+// checkMsgs checks, in smoke runs, the message counts that need no
+// timing: none for noop, at most be.MaxOneEndpointMsgs for one-endpoint.
+func checkMsgs(r R, be Backend, scenario string, d Stats, ops int) {
+	switch {
+	case scenario == "noop" && d.WriteMsgs != 0:
+		r.Errorf("%s: %d noop Syncs wrote %d netlink messages, want none: a Sync of an unchanged State must not touch the kernel", be.Name, ops, d.WriteMsgs)
+	case scenario == "noop" && d.Commits != 0:
+		r.Errorf("%s: %d noop Syncs committed %d nftables transactions, want none", be.Name, ops, d.Commits)
+	case scenario == "one-endpoint" && be.MaxOneEndpointMsgs > 0 && d.WriteMsgs > int64(be.MaxOneEndpointMsgs*ops):
+		r.Errorf("%s: %d one-endpoint Syncs wrote %d netlink messages, want at most %d each", be.Name, ops, d.WriteMsgs, be.MaxOneEndpointMsgs)
+	}
+}
+
 // syncFull times a cold Sync into an empty namespace, and reports the
 // Go heap the Dataplane keeps and the process's peak RSS.
 func syncFull(r R, be Backend, sz Size) {
@@ -436,27 +551,26 @@ func syncFull(r R, be Backend, sz Size) {
 	r.ReportAllocs()
 	var total Stats
 	var counted bool
-	var cpu time.Duration
+	var cpu, sys time.Duration
 	var heap, hwm float64
 	n := r.N()
+	profiled := false
 	r.ResetTimer()
 	for range n {
 		r.StopTimer()
 		ns := newNS(r)
-		dp, err := be.New(ns.Path(), Node)
-		if err != nil {
-			ns.Close()
-			r.Fatal(err)
-		}
+		dp := newDP(r, be, ns)
 		h0 := heapAfterGC()
 		resetPeakRSS()
 		s0, ok := stats(dp)
 		counted = ok
-		c0 := cpuTime()
+		u0, k0 := cpuTime()
 		r.StartTimer()
-		err = dp.Sync(ctx, st)
+		err := dp.Sync(ctx, st)
 		r.StopTimer()
-		cpu += cpuTime() - c0
+		u1, k1 := cpuTime()
+		cpu += u1 + k1 - u0 - k0
+		sys += k1 - k0
 		if err != nil {
 			dp.Close()
 			ns.Close()
@@ -466,6 +580,10 @@ func syncFull(r R, be Backend, sz Size) {
 		total = total.add(s1.sub(s0))
 		hwm += float64(peakRSS())
 		heap += float64(heapAfterGC()) - float64(h0)
+		if f := os.Getenv("SVCPLANE_BENCH_HEAPPROFILE"); f != "" && !profiled {
+			profiled = true
+			writeHeapProfile(r, f)
+		}
 		runtime.KeepAlive(st)
 		dp.Close()
 		ns.Close()
@@ -478,6 +596,7 @@ func syncFull(r R, be Backend, sz Size) {
 		reportStats(r, total, n)
 	}
 	r.ReportMetric(float64(cpu.Nanoseconds())/nf, "cpu-ns/op")
+	r.ReportMetric(float64(sys.Nanoseconds())/nf, "sys-ns/op")
 	r.ReportMetric(hwm/nf/(1<<20), "peak-RSS-MiB")
 	r.ReportMetric(heap/nf/(1<<20), "heap-MiB")
 	r.ReportMetric(heap/nf/float64(sz.Services), "heap-B/port")
@@ -512,16 +631,30 @@ func loadFull(r R, l Loader, sz Size) {
 	r.ReportMetric(float64(cpu.Nanoseconds())/float64(n), "cpu-ns/op")
 }
 
+// writeHeapProfile writes the heap profile (as of the last GC) to path.
+func writeHeapProfile(r R, path string) {
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.Lookup("heap").WriteTo(f, 0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		r.Fatal(err)
+	}
+}
+
 // cpuTime is the CPU time (user and system, every thread) the process
-// has used: unlike wall time it hardly moves when other programs share
-// the machine. The kernel's netlink work runs on the sending thread and
-// counts as system time.
-func cpuTime() time.Duration {
+// has used: unlike wall time it moves less when other programs share the
+// machine. The kernel's netlink work runs on the sending thread and
+// counts as system time, reported apart as sys-ns/op.
+func cpuTime() (user, sys time.Duration) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, 0
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
 // heapAfterGC returns the live Go heap.
