@@ -45,9 +45,10 @@ demo: deps
 	  $(GO) run ./examples/demo -backend "$(BACKEND)"; \
 	else \
 	  echo "== this kernel has no IPVS: running the tour in a VM booting Debian's $(DEMO_KERNEL) kernel (scripts/vm; emulated, so slower; the first run downloads the kernel)"; \
-	  dir=$$(mktemp -d "$${TMPDIR:-/tmp}/svcplane-demo.XXXXXX") && trap 'rm -rf "$$dir"' EXIT && \
-	  CGO_ENABLED=0 $(GO) build -o "$$dir/demo" ./examples/demo && \
-	  ./scripts/vm/run.sh --kernel "$(DEMO_KERNEL)" --timeout 900 --env SVCPLANE_TIME_SCALE=4 -- "$$dir/demo" -backend ipvs; \
+	  dir=$$(mktemp -d "$${TMPDIR:-/tmp}/svcplane-demo.XXXXXX") || exit 1; trap 'rm -rf "$$dir"' EXIT; \
+	  CGO_ENABLED=0 $(GO) build -o "$$dir/demo" ./examples/demo || exit 1; \
+	  progress=-progress=true; [ -t 1 ] || progress=-progress=false; \
+	  ./scripts/vm/run.sh --kernel "$(DEMO_KERNEL)" --timeout 900 --env SVCPLANE_TIME_SCALE=4 -- "$$dir/demo" -backend ipvs $$progress; \
 	fi
 
 fmt:

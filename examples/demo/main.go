@@ -46,6 +46,7 @@ import (
 func main() {
 	n := flag.Int("n", 30, "requests per client in each step")
 	backend := flag.String("backend", "nft", "kernel backend: nft or ipvs (ipvs needs a kernel with IPVS)")
+	progress := flag.Bool("progress", true, "draw a progress line while waiting, when stdout is a terminal (make demo turns it off inside the VM when its own output is not a terminal)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "demo: needs root to create network namespaces; run `sudo make demo`")
@@ -57,7 +58,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	d := &demo{n: max(*n, 1), backend: *backend, out: os.Stdout, tty: isTerminal(os.Stdout)}
+	d := &demo{n: max(*n, 1), backend: *backend, out: os.Stdout, tty: *progress && isTerminal(os.Stdout)}
 	if err := d.run(ctx); err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "demo: interrupted; everything it built is gone")
