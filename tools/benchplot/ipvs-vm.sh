@@ -28,7 +28,8 @@ trap 'rm -rf "$work"' EXIT
 cat >"$work/guest.sh" <<GUEST
 #!/bin/sh
 # Runs in the guest, in ipvs/: one binary, three benchmark runs.
-echo "vm: Debian \$(uname -r) under QEMU/TCG, \$(nproc) vCPUs, load average before: \$(cut -d' ' -f1-3 /proc/loadavg)" >"$work/raw.txt"
+echo "Debian \$(uname -r), \$(nproc) vCPUs" >"$work/guest"
+: >"$work/raw.txt"
 for run in "BenchmarkSync/^ipvs\\\$/full/ $FULL" \\
            "BenchmarkSync/^ipvs\\\$/(noop|one-endpoint|add-service|remove-service)/ $SMALL" \\
            "BenchmarkSync/^ipvsadm-restore\\\$/ 1x"; do
@@ -38,6 +39,10 @@ for run in "BenchmarkSync/^ipvs\\\$/full/ $FULL" \\
 done
 GUEST
 chmod +x "$work/guest.sh"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 "$repo/scripts/vm/run.sh" --kernel "$KERNEL" --share "$work" --cwd "$repo/ipvs" --timeout "$TIMEOUT" \
   --env "SVCPLANE_BENCH_SIZES=$SIZES" --env "SVCPLANE_BENCH_MAX=$MAX" -- "$work/guest.sh"
-grep -v '^PASS$\|^ok ' "$work/raw.txt" >"$out"
+{
+  echo "vm: $(cat "$work/guest") under QEMU/TCG; this machine's load average $load_before before the VM run, $(cut -d' ' -f1-3 /proc/loadavg) after"
+  grep -v '^PASS$\|^ok ' "$work/raw.txt"
+} >"$out"
