@@ -6,12 +6,15 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
 
+	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/kstate"
 )
 
-// servicesChanged reports whether IPVS holds other virtual servers on our
-// addresses than the ones we applied (one dump of all services).
-func (d *Dataplane) servicesChanged() (bool, error) {
+// servicesChanged reports whether IPVS holds other virtual servers than
+// the ones we applied where we own or are about to own one: on our
+// addresses, or at a key the next Sync programs (one dump of all
+// services).
+func (d *Dataplane) servicesChanged(want map[ipvsnl.Key]*virtual) (bool, error) {
 	svcs, err := d.ipvs.Services()
 	if err != nil {
 		return false, err
@@ -20,13 +23,14 @@ func (d *Dataplane) servicesChanged() (bool, error) {
 	for i := range svcs {
 		s := &svcs[i]
 		have, ok := d.applied[s.Key()]
+		_, wanted := want[s.Key()]
 		switch {
 		case ok && have.svc != *s:
 			return true, nil
 		case ok:
 			seen++
-		case d.addrs[s.Addr]:
-			return true, nil // a stranger on our address
+		case d.addrs[s.Addr] || wanted:
+			return true, nil // a stranger on our address or where ours goes
 		}
 	}
 	return seen != len(d.applied), nil
@@ -46,6 +50,9 @@ func (d *Dataplane) tableIntact() (bool, error) {
 		}
 	}
 	want, rules := d.tableShape()
+	if len(have) != len(want) {
+		return false, nil // a chain of another program's in our table
+	}
 	count := map[string]int{}
 	for _, r := range rules {
 		count[r.chain.Name]++
@@ -73,6 +80,9 @@ func (d *Dataplane) tableIntact() (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	if len(sets) != len(d.sets) {
+		return false, nil // a set of another program's in our table
+	}
 	names := map[string]bool{}
 	for _, s := range sets {
 		names[s.Name] = true
@@ -98,11 +108,24 @@ func (d *Dataplane) adoptTable() (map[elemKey]string, bool) {
 	if ok, err := d.tableIntact(); !ok || err != nil {
 		return nil, false
 	}
+	elems, err := d.readElems()
+	if err != nil {
+		return nil, false
+	}
+	if again, err := kstate.Generation(d.ns.Fd()); err != nil || again != gen {
+		return nil, false // changed while we read: rebuild
+	}
+	d.lastGen = gen
+	return elems, true
+}
+
+// readElems reads the elements of every set of our table.
+func (d *Dataplane) readElems() (map[elemKey]string, error) {
 	elems := map[elemKey]string{}
 	for i, s := range d.sets {
 		es, err := d.nft.GetSetElements(s)
 		if err != nil {
-			return nil, false
+			return nil, err
 		}
 		for _, e := range es {
 			if !e.IntervalEnd {
@@ -110,9 +133,5 @@ func (d *Dataplane) adoptTable() (map[elemKey]string, bool) {
 			}
 		}
 	}
-	if again, err := kstate.Generation(d.ns.Fd()); err != nil || again != gen {
-		return nil, false // changed while we read: rebuild
-	}
-	d.lastGen = gen
-	return elems, true
+	return elems, nil
 }

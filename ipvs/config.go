@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -71,7 +72,15 @@ type Dataplane struct {
 	sysctls bool
 	fp      string // the table's fingerprint
 	lastGen uint32 // nftables generation after our last commit
+	sock    *mnl.Conn
+	sendBuf int // the nftables socket's send buffer
 }
+
+// Socket buffers of the nftables connection.
+const (
+	minSendBuffer = 4 << 20
+	recvBuffer    = 4 << 20
+)
 
 var _ dataplane.Dataplane = (*Dataplane)(nil)
 
@@ -116,7 +125,26 @@ func New(cfg Config) (*Dataplane, error) {
 		d.Close()
 		return nil, fmt.Errorf("ipvs: open rtnetlink: %w", err)
 	}
-	if d.nft, err = nftables.New(nftables.WithNetNSFd(d.ns.Fd()), nftables.AsLasting()); err != nil {
+	if d.nft, err = nftables.New(nftables.WithNetNSFd(d.ns.Fd()), nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *mnl.Conn) error {
+			// Acks without a copy of their request, and buffers for
+			// large batches: the kernel refuses a batch larger than
+			// the send buffer (EMSGSIZE), and Flush reports ENOBUFS
+			// for a batch it committed when the acks overflow the
+			// receive buffer (NETLINK-NOTES.md). syncTable raises the
+			// send buffer further for larger batches.
+			if err := c.SetOption(mnl.CapAcknowledge, true); err != nil {
+				return err
+			}
+			if err := c.SetWriteBuffer(minSendBuffer); err != nil {
+				return err
+			}
+			if err := c.SetReadBuffer(recvBuffer); err != nil {
+				return err
+			}
+			d.sock, d.sendBuf = c, minSendBuffer
+			return nil
+		})); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("ipvs: open nftables netlink: %w", err)
 	}

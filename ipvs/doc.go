@@ -26,6 +26,15 @@
 //     and hairpin traffic, and rejecting traffic to a service IP on a port
 //     no service defines (which would otherwise reach the node's own
 //     sockets, since the IPs are local).
+//   - A terminating endpoint that still serves, while ready ones exist,
+//     keeps a real server of weight 0: no new connections or flows go
+//     to it, those it has go on. A TCP real server whose endpoint leaves
+//     the service drains as in kube-proxy's IPVS mode: weight 0, and a
+//     later Sync deletes it once IPVS counts no connection to it
+//     (TIME_WAIT ones included). UDP and SCTP real servers of endpoints
+//     that leave are deleted at once; their flows move to another
+//     endpoint with their next datagram (vs/expire_nodest_conn) and
+//     their conntrack entries are deleted.
 //   - The per-namespace IPVS sysctls kube-proxy sets: vs/conntrack (so
 //     netfilter sees IPVS connections and can masquerade them),
 //     vs/expire_nodest_conn and vs/expire_quiescent_template.
@@ -47,17 +56,26 @@
 //     template lives until the timeout has passed and every connection it
 //     placed has expired. Closed TCP connections stay in IPVS's TIME_WAIT
 //     for 2 minutes; Config.TCPFinTimeout and UDPTimeout bound the rest.
-//   - Endpoints that leave a service are removed from IPVS at once; their
-//     open connections expire (vs/expire_nodest_conn) rather than drain.
 //
 // # Restarts and other programs
 //
 // The first Sync of a new Dataplane reads IPVS once (the services on its
-// device's addresses and those it is about to program) and adopts its
-// nftables table when the table's fingerprint matches, so a restart
-// writes nothing that is already right. Each Sync dumps IPVS's services
-// once and reads the nftables generation; whatever was removed behind its
-// back is restored. NodePort virtual servers whose NodePort no longer
-// exists in any State are removed only while the Dataplane that made them
-// runs.
+// device's addresses, those it is about to program, and those on node
+// addresses at the NodePorts its table records) and adopts its nftables
+// table when the table's fingerprint matches, so a restart writes
+// nothing that is already right and leaves nothing of its predecessor's
+// behind. Each Sync dumps IPVS's services once, lists the device's
+// addresses and reads the nftables generation (and, when another
+// program committed, its table's chains, rules and elements): whatever
+// was changed behind its back is restored. The device and its addresses
+// are the Dataplane's: addresses it did not put there are removed. A
+// virtual server another program made at a frontend the State programs
+// is taken over, as the Service owns that address and port; others'
+// virtual servers are left alone.
+//
+// A Sync reads everything before it writes anything and checks its
+// context once more in between: cancelled until then, it changes
+// nothing. Once it writes it finishes, since IPVS has no transactions:
+// one request per virtual or real server, so a process killed inside a
+// Sync can leave some changed and others not, until the next Sync.
 package ipvs

@@ -48,9 +48,14 @@ var sysctls = [][2]string{
 }
 
 // Sync makes IPVS, the device and the table match desired. The first Sync
-// reads what IPVS holds on this Dataplane's addresses and rebuilds the
+// reads what IPVS holds on this Dataplane's addresses and adopts the
 // table; later ones send only the operations that changed. An invalid
 // State returns its validation error and changes nothing.
+//
+// Sync reads the kernel first and checks ctx once more before it writes
+// anything: a Sync cancelled until then changes nothing. Once it writes,
+// it finishes (IPVS has no transactions; stopping halfway would leave a
+// service half-programmed).
 func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	if err := desired.Validate(); err != nil {
 		return fmt.Errorf("ipvs: invalid state, nothing changed: %w", err)
@@ -62,6 +67,71 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("ipvs: sync not started: %w", err)
+	}
+
+	// Read what the kernel holds.
+	dev, err := d.lookupDevice()
+	if err != nil {
+		return err
+	}
+	nodeAddrs, err := d.nodeAddrs(linkIndex(dev))
+	if err != nil {
+		return err
+	}
+	want := d.plan(desired, nodeAddrs)
+	junk, err := d.readDeviceAddrs(dev)
+	if err != nil {
+		return err
+	}
+	rebuild := false
+	if d.elems == nil {
+		if elems, ok := d.adoptTable(); ok {
+			d.elems = elems
+		} else {
+			rebuild = true
+		}
+	} else if g, err := kstate.Generation(d.ns.Fd()); err != nil || g != d.lastGen {
+		// Another program committed to nftables since we did: check
+		// that our table is whole and read its elements again, so
+		// that whatever was added to or removed from its sets behind
+		// our back is undone.
+		if ok, _ := d.tableIntact(); !ok {
+			rebuild = true
+		} else if elems, err := d.readElems(); err != nil {
+			rebuild = true
+		} else {
+			d.elems, d.lastGen = elems, g
+		}
+	}
+	if d.applied != nil {
+		// Were our virtual servers changed behind our back, or is
+		// another program's where ours go? One dump tells; then read
+		// them again.
+		if changed, err := d.servicesChanged(want.virtuals); err != nil || changed {
+			d.applied = nil
+		}
+	}
+	if d.applied == nil {
+		if err := d.load(want, nodeAddrs); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("ipvs: sync cancelled before it changed anything: %w", err)
+	}
+
+	// Write. Until the virtual servers are all in place, every change
+	// is logged with its inverse: a failure undoes them, so that a Sync
+	// the kernel refuses leaves the previous state (an IPVS request
+	// refused halfway, say EINVAL for a real server whose address the
+	// local routing table does not call unicast).
+	var undo undoLog
+	failed := func(err error) error {
+		if uerr := undo.run(); uerr != nil {
+			d.applied, d.elems = nil, nil // read everything again next time
+			return errors.Join(err, fmt.Errorf("ipvs: undoing the failed Sync: %w", uerr))
+		}
+		return fmt.Errorf("%w (nothing changed: the Sync was undone)", err)
 	}
 	if !d.sysctls {
 		if err := d.ns.Do(func() error {
@@ -82,57 +152,43 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		}
 		d.sysctls = true
 	}
-	dev, err := d.device()
-	if err != nil {
-		return err
-	}
-	nodeAddrs, err := d.nodeAddrs(dev)
-	if err != nil {
-		return err
-	}
-	want := d.plan(desired, nodeAddrs)
-	if d.applied != nil {
-		// Were our virtual servers changed behind our back? One dump
-		// tells; then read them again.
-		if changed, err := d.servicesChanged(); err != nil || changed {
-			d.applied = nil
-		}
-	}
-	if d.applied == nil {
-		if err := d.load(dev, want); err != nil {
+	if dev == nil {
+		if dev, err = d.createDevice(); err != nil {
 			return err
 		}
+		undo.add(func() error { return d.nl.LinkDel(dev) })
 	}
-	rebuild := d.elems == nil
-	if !rebuild {
-		// Has another program committed to nftables since we did? Then
-		// check our table is whole.
-		if g, err := kstate.Generation(d.ns.Fd()); err != nil || g != d.lastGen {
-			if ok, _ := d.tableIntact(); !ok {
-				rebuild = true
-			} else {
-				d.lastGen = g
-			}
-		}
-	} else if elems, ok := d.adoptTable(); ok {
-		d.elems, rebuild = elems, false
-	}
-
 	// Addresses first, so IPVS and the reject rule see them together.
 	for a := range want.addrs {
 		if !d.addrs[a] {
 			if err := d.nl.AddrReplace(dev, hostAddr(a)); err != nil {
-				return fmt.Errorf("ipvs: add %s to %s: %w", a, d.cfg.Device, err)
+				return failed(fmt.Errorf("ipvs: add %s to %s: %w", a, d.cfg.Device, err))
 			}
 			d.addrs[a] = true
+			undo.add(func() error {
+				delete(d.addrs, a)
+				return d.nl.AddrDel(dev, hostAddr(a))
+			})
 		}
 	}
+	oldElems, hadTable := d.elems, !rebuild || d.tableExists()
 	if err := d.syncTable(rebuild, want.elems); err != nil {
-		return err
+		return failed(err)
 	}
-	stale, err := d.syncVirtuals(want.virtuals)
+	undo.add(func() error {
+		if !hadTable {
+			d.elems = nil
+			d.nft.DelTable(d.table)
+			return d.nft.Flush()
+		}
+		if oldElems == nil {
+			oldElems = map[elemKey]string{}
+		}
+		return d.syncTable(false, oldElems)
+	})
+	stale, err := d.syncVirtuals(want.virtuals, &undo)
 	if err != nil {
-		return err
+		return failed(err)
 	}
 	for a := range d.addrs {
 		if !want.addrs[a] {
@@ -142,14 +198,19 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 			delete(d.addrs, a)
 		}
 	}
+	for _, a := range junk {
+		if err := d.nl.AddrDel(dev, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("ipvs: remove %s, which is not ours, from %s: %w", a.IPNet, d.cfg.Device, err)
+		}
+	}
 	if err := ctclean.Delete(d.ns.Fd(), stale); err != nil {
 		return fmt.Errorf("ipvs: virtual servers applied, but %w", err)
 	}
 	return nil
 }
 
-// device returns the dummy device, creating it when missing.
-func (d *Dataplane) device() (netlink.Link, error) {
+// lookupDevice returns the dummy device, or nil when it is missing.
+func (d *Dataplane) lookupDevice() (netlink.Link, error) {
 	l, err := d.nl.LinkByName(d.cfg.Device)
 	if err == nil {
 		if l.Type() != "dummy" {
@@ -161,6 +222,11 @@ func (d *Dataplane) device() (netlink.Link, error) {
 	if !errors.As(err, &nf) {
 		return nil, fmt.Errorf("ipvs: look up %s: %w", d.cfg.Device, err)
 	}
+	return nil, nil
+}
+
+// createDevice creates the dummy device.
+func (d *Dataplane) createDevice() (netlink.Link, error) {
 	if err := d.nl.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: d.cfg.Device}}); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) {
 			return nil, fmt.Errorf("ipvs: create dummy link %s: %w (the kernel lacks CONFIG_DUMMY)", d.cfg.Device, dataplane.ErrUnsupported)
@@ -170,17 +236,55 @@ func (d *Dataplane) device() (netlink.Link, error) {
 	return d.nl.LinkByName(d.cfg.Device)
 }
 
+func linkIndex(l netlink.Link) int {
+	if l == nil {
+		return -1
+	}
+	return l.Attrs().Index
+}
+
+// readDeviceAddrs sets d.addrs to the service IPs on the device (host
+// prefixes) and returns the other addresses someone put there, which the
+// Sync removes: the device and what is on it are ours.
+func (d *Dataplane) readDeviceAddrs(dev netlink.Link) ([]netlink.Addr, error) {
+	d.addrs = map[netip.Addr]bool{}
+	if dev == nil {
+		return nil, nil
+	}
+	list, err := d.nl.AddrList(dev, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("ipvs: list addresses of %s: %w", d.cfg.Device, err)
+	}
+	var junk []netlink.Addr
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.IPNet == nil {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLinkLocalUnicast() {
+			continue // the kernel's own, if the device is up
+		}
+		if ones, bits := a.Mask.Size(); ones != bits || bits != ip.BitLen() {
+			junk = append(junk, a)
+			continue
+		}
+		d.addrs[ip] = true
+	}
+	return junk, nil
+}
+
 // nodeAddrs returns the addresses NodePorts listen on: the namespace's
-// addresses but loopback, link-local and the device's, filtered by
-// Node.NodePortAddrs when set.
-func (d *Dataplane) nodeAddrs(dev netlink.Link) ([]netip.Addr, error) {
+// addresses but loopback, link-local and the device's (index devIndex),
+// filtered by Node.NodePortAddrs when set.
+func (d *Dataplane) nodeAddrs(devIndex int) ([]netip.Addr, error) {
 	list, err := d.nl.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("ipvs: list addresses: %w", err)
 	}
 	var out []netip.Addr
 	for _, a := range list {
-		if a.LinkIndex == dev.Attrs().Index {
+		if a.LinkIndex == devIndex {
 			continue
 		}
 		ip, ok := netip.AddrFromSlice(a.IP)
@@ -227,7 +331,7 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			continue
 		}
 		cat := dataplane.Categorize(sp, &d.cfg.Node)
-		add := func(a netip.Addr, port uint16, eps []dataplane.Endpoint) {
+		add := func(a netip.Addr, port uint16, eps []dataplane.Endpoint, local bool) {
 			v := &virtual{name: sp.Name.String(), dests: map[netip.AddrPort]uint32{}, svc: ipvsnl.Service{
 				Addr: a, Protocol: uint8(sp.Protocol), Port: port, Scheduler: d.cfg.Scheduler,
 			}}
@@ -242,6 +346,15 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 					el(famOf(e.Addr), setHairpin, string(slices.Concat(b, b)))
 				}
 			}
+			// A terminating endpoint that still serves but is not used
+			// (ready ones exist) keeps a real server of weight 0: no new
+			// connections or flows, but those it has go on.
+			for _, e := range sp.Endpoints {
+				_, used := v.dests[e.AddrPort()]
+				if !used && e.Serving && e.Terminating && e.Addr.Is4() == a.Is4() && (!local || e.NodeName == d.cfg.Node.Name) {
+					v.dests[e.AddrPort()] = 0
+				}
+			}
 			p.virtuals[v.svc.Key()] = v
 		}
 		families := map[int]bool{}
@@ -249,7 +362,7 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			f := famOf(cip)
 			families[f] = true
 			p.addrs[cip] = true
-			add(cip, sp.Port, cat.Internal(sp))
+			add(cip, sp.Port, cat.Internal(sp), sp.InternalLocal)
 			el(f, setVIPs, string(cip.AsSlice()))
 			el(f, setFrontends, frontendKey(cip, sp.Protocol, sp.Port))
 			el(f, setClusterFronts, frontendKey(cip, sp.Protocol, sp.Port))
@@ -260,7 +373,7 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 				continue
 			}
 			p.addrs[a] = true
-			add(a, sp.Port, cat.External(sp))
+			add(a, sp.Port, cat.External(sp), sp.ExternalLocal)
 			el(f, setVIPs, string(a.AsSlice()))
 			el(f, setFrontends, frontendKey(a, sp.Protocol, sp.Port))
 			if !sp.ExternalLocal {
@@ -289,8 +402,11 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 		if sp.NodePort != 0 {
 			for _, a := range nodeAddrs {
 				if families[famOf(a)] {
-					add(a, sp.NodePort, cat.External(sp))
+					add(a, sp.NodePort, cat.External(sp), sp.ExternalLocal)
 				}
+			}
+			for f := range families {
+				el(f, setNodePorts, string(nodePortKey(sp.Protocol, sp.NodePort)))
 			}
 			if !sp.ExternalLocal {
 				for f := range families {
@@ -302,19 +418,11 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 	return p
 }
 
-// load reads what IPVS holds on our addresses (and on node addresses at
-// the ports we want), so the first Sync changes only what differs.
-func (d *Dataplane) load(dev netlink.Link, want plan) error {
-	d.addrs = map[netip.Addr]bool{}
-	list, err := d.nl.AddrList(dev, netlink.FAMILY_ALL)
-	if err != nil {
-		return fmt.Errorf("ipvs: list addresses of %s: %w", d.cfg.Device, err)
-	}
-	for _, a := range list {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			d.addrs[ip.Unmap()] = true
-		}
-	}
+// load reads what IPVS holds of ours: the virtual servers on the
+// device's addresses, at the keys the Sync programs, and on node
+// addresses at the NodePorts our table records (those a predecessor
+// programmed), so that the first Sync changes only what differs.
+func (d *Dataplane) load(want plan, nodeAddrs []netip.Addr) error {
 	svcs, err := d.ipvs.Services()
 	if err != nil {
 		return err
@@ -322,7 +430,7 @@ func (d *Dataplane) load(dev netlink.Link, want plan) error {
 	d.applied = map[ipvsnl.Key]*virtual{}
 	for i := range svcs {
 		s := &svcs[i]
-		if _, wanted := want.virtuals[s.Key()]; !wanted && !d.addrs[s.Addr] {
+		if _, wanted := want.virtuals[s.Key()]; !wanted && !d.addrs[s.Addr] && !d.ourNodePort(s, nodeAddrs, d.elems) {
 			continue // not ours
 		}
 		v := &virtual{svc: *s, dests: map[netip.AddrPort]uint32{}, name: "existing"}
@@ -336,6 +444,16 @@ func (d *Dataplane) load(dev netlink.Link, want plan) error {
 		d.applied[s.Key()] = v
 	}
 	return nil
+}
+
+// ourNodePort reports whether s is on a node address at a NodePort that
+// elems (our table's) records.
+func (d *Dataplane) ourNodePort(s *ipvsnl.Service, nodeAddrs []netip.Addr, elems map[elemKey]string) bool {
+	if !slices.Contains(nodeAddrs, s.Addr) {
+		return false
+	}
+	_, ok := elems[elemKey{sid(famOf(s.Addr), setNodePorts), string(nodePortKey(dataplane.Protocol(s.Protocol), s.Port))}]
+	return ok
 }
 
 // syncTable rebuilds the table when asked and then sends element
@@ -368,6 +486,21 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 	}
 	if !rebuild && len(add) == 0 && len(del) == 0 {
 		return nil
+	}
+	n := 0
+	for _, es := range add {
+		n += len(es)
+	}
+	for _, es := range del {
+		n += len(es)
+	}
+	// An element takes at most some 130 bytes of the batch (an IPv6
+	// interval of the firewall-allow set); the table, 1 MiB at most.
+	if need := 1<<20 + 160*n; d.sock != nil && need > d.sendBuf {
+		if err := d.sock.SetWriteBuffer(need); err != nil {
+			return fmt.Errorf("ipvs: raise the nftables send buffer to %d bytes: %w", need, err)
+		}
+		d.sendBuf = need
 	}
 	for s, es := range del {
 		for c := range slices.Chunk(es, 500) {
@@ -422,7 +555,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 }
 
 // syncVirtuals sends the IPVS operations that make applied equal want.
-func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, error) {
+func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([]ctclean.Flow, error) {
 	fail := func(err error) ([]ctclean.Flow, error) {
 		d.applied = nil // read the kernel again next time
 		return nil, err
@@ -441,45 +574,48 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, 
 			if err := d.ipvs.NewService(&w.svc); err != nil {
 				return fail(fmt.Errorf("%s: %w", w.name, err))
 			}
+			svc := w.svc
+			undo.add(func() error { return gone(d.ipvs.DelService(&svc)) })
 			have = &virtual{svc: w.svc, dests: map[netip.AddrPort]uint32{}, name: w.name}
 			d.applied[k] = have
-			if len(w.dests) > 0 {
+			if serving(w.dests) {
 				staleTo(&w.svc, netip.Addr{}) // datagrams sent before it existed
 			}
 		} else if have.svc != w.svc {
 			if err := d.ipvs.UpdateService(&w.svc); err != nil {
 				return fail(fmt.Errorf("%s: %w", w.name, err))
 			}
+			prev := have.svc
+			undo.add(func() error { return d.ipvs.UpdateService(&prev) })
 			have.svc = w.svc
 		}
-		if len(have.dests) == 0 && len(w.dests) > 0 {
+		if !serving(have.dests) && serving(w.dests) {
 			staleTo(&w.svc, netip.Addr{}) // its first endpoint
 		}
 		for ap, weight := range w.dests {
 			dst := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: weight}
 			old, ok := have.dests[ap]
+			svc := w.svc
 			switch {
 			case !ok:
 				if err := d.ipvs.NewDest(&w.svc, dst); err != nil {
 					return fail(fmt.Errorf("%s: %w", w.name, err))
 				}
+				undo.add(func() error { return gone(d.ipvs.DelDest(&svc, dst)) })
 			case old != weight:
 				if err := d.ipvs.UpdateDest(&w.svc, dst); err != nil {
 					return fail(fmt.Errorf("%s: %w", w.name, err))
 				}
+				undo.add(func() error {
+					return d.ipvs.UpdateDest(&svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: old})
+				})
 			default:
 				continue
 			}
 			have.dests[ap] = weight
 		}
-		for ap := range have.dests {
-			if _, ok := w.dests[ap]; !ok {
-				if err := gone(d.ipvs.DelDest(&w.svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port()})); err != nil {
-					return fail(fmt.Errorf("%s: %w", w.name, err))
-				}
-				delete(have.dests, ap)
-				staleTo(&w.svc, ap.Addr())
-			}
+		if err := d.leave(w, have, staleTo, undo); err != nil {
+			return fail(fmt.Errorf("%s: %w", w.name, err))
 		}
 	}
 	for k, have := range d.applied {
@@ -487,11 +623,110 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual) ([]ctclean.Flow, 
 			if err := gone(d.ipvs.DelService(&have.svc)); err != nil {
 				return fail(err)
 			}
+			undo.add(func() error {
+				if err := d.ipvs.NewService(&have.svc); err != nil {
+					return err
+				}
+				for ap, weight := range have.dests {
+					if err := d.ipvs.NewDest(&have.svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: weight}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 			delete(d.applied, k)
 			staleTo(&have.svc, netip.Addr{})
 		}
 	}
 	return stale, nil
+}
+
+// serving reports whether dests has a real server of non-zero weight.
+func serving(dests map[netip.AddrPort]uint32) bool {
+	for _, w := range dests {
+		if w != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// leave takes the real servers of have that w no longer lists (their
+// endpoints left the State, or serve no more) out of service. A TCP real
+// server drains, as in kube-proxy's IPVS mode: it first gets weight 0
+// (no new connections; its open ones go on), and a later Sync deletes it
+// once IPVS counts no connection to it (TIME_WAIT included). UDP and
+// SCTP real servers are deleted at once: their flows move to another
+// endpoint with their next datagram (vs/expire_nodest_conn), and stale
+// is told their conntrack entries.
+func (d *Dataplane) leave(w, have *virtual, stale func(*ipvsnl.Service, netip.Addr), undo *undoLog) error {
+	var leaving []netip.AddrPort
+	check := false
+	for ap, weight := range have.dests {
+		if _, ok := w.dests[ap]; !ok {
+			leaving = append(leaving, ap)
+			check = check || weight == 0
+		}
+	}
+	if len(leaving) == 0 {
+		return nil
+	}
+	drain := w.svc.Protocol == unix.IPPROTO_TCP
+	busy := map[netip.AddrPort]bool{}
+	if drain && check {
+		ds, err := d.ipvs.Dests(&w.svc)
+		if err != nil {
+			return err
+		}
+		for _, x := range ds {
+			busy[netip.AddrPortFrom(x.Addr, x.Port)] = x.ActiveConns+x.InactiveConns > 0
+		}
+	}
+	slices.SortFunc(leaving, netip.AddrPort.Compare)
+	svc := w.svc
+	for _, ap := range leaving {
+		dst := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port()}
+		was := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: have.dests[ap]}
+		switch {
+		case drain && was.Weight != 0:
+			if err := d.ipvs.UpdateDest(&svc, dst); err != nil {
+				return err
+			}
+			undo.add(func() error { return d.ipvs.UpdateDest(&svc, was) })
+			have.dests[ap] = 0
+		case drain && busy[ap]:
+			// Draining: connections remain.
+		default:
+			if err := gone(d.ipvs.DelDest(&svc, dst)); err != nil {
+				return err
+			}
+			undo.add(func() error { return d.ipvs.NewDest(&svc, was) })
+			delete(have.dests, ap)
+			stale(&svc, ap.Addr())
+		}
+	}
+	return nil
+}
+
+// undoLog holds the inverses of the changes a Sync made so far.
+type undoLog []func() error
+
+func (u *undoLog) add(f func() error) { *u = append(*u, f) }
+
+// run undoes the changes, newest first, and reports what it could not
+// undo.
+func (u *undoLog) run() error {
+	var errs []error
+	for i := len(*u) - 1; i >= 0; i-- {
+		errs = append(errs, (*u)[i]())
+	}
+	*u = nil
+	return errors.Join(errs...)
+}
+
+func (d *Dataplane) tableExists() bool {
+	_, err := d.nft.ListTableOfFamily(d.cfg.Table, nftables.TableFamilyINet)
+	return err == nil
 }
 
 // gone treats deleting what is already gone as done: IPVS answers ESRCH
@@ -523,24 +758,40 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	}
 	var errs []error
 	ours := map[netip.Addr]bool{}
+	devIndex := -1
 	if l, err := d.nl.LinkByName(d.cfg.Device); err == nil {
+		devIndex = l.Attrs().Index
 		list, _ := d.nl.AddrList(l, netlink.FAMILY_ALL)
 		for _, a := range list {
 			if ip, ok := netip.AddrFromSlice(a.IP); ok {
 				ours[ip.Unmap()] = true
 			}
 		}
-		errs = append(errs, d.nl.LinkDel(l))
+	}
+	// The NodePorts our table records tell our virtual servers on node
+	// addresses, also those a predecessor programmed.
+	nodeAddrs, _ := d.nodeAddrs(devIndex)
+	nodePorts := map[elemKey]string{}
+	if _, err := d.nft.ListTableOfFamily(d.cfg.Table, nftables.TableFamilyINet); err == nil {
+		for f := v4; f <= v6; f++ {
+			es, _ := d.nft.GetSetElements(d.sets[sid(f, setNodePorts)])
+			for _, e := range es {
+				nodePorts[elemKey{sid(f, setNodePorts), string(e.Key)}] = ""
+			}
+		}
 	}
 	if svcs, err := d.ipvs.Services(); err == nil {
 		for i := range svcs {
 			s := &svcs[i]
-			if _, applied := d.applied[s.Key()]; applied || ours[s.Addr] {
+			if _, applied := d.applied[s.Key()]; applied || ours[s.Addr] || d.ourNodePort(s, nodeAddrs, nodePorts) {
 				errs = append(errs, gone(d.ipvs.DelService(s)))
 			}
 		}
 	} else {
 		errs = append(errs, err)
+	}
+	if l, err := d.nl.LinkByName(d.cfg.Device); err == nil {
+		errs = append(errs, d.nl.LinkDel(l))
 	}
 	d.nft.AddTable(d.table)
 	d.nft.DelTable(d.table)

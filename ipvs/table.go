@@ -31,6 +31,7 @@ const (
 	setHairpin                       // endpoint . endpoint
 	setFirewall                      // LB frontends with source ranges
 	setFirewallAllow                 // LB frontend . allowed source range
+	setNodePorts                     // every NodePort (protocol . port): how a restart knows its virtual servers on node addresses
 	setsPerFamily
 )
 
@@ -69,6 +70,7 @@ func newSets(t *nftables.Table) []*nftables.Set {
 		allow := set("firewall-allow", nftables.MustConcatSetType(addr[f], nftables.TypeInetProto, nftables.TypeInetService, addr[f]), "load-balancer IP frontend . allowed source range")
 		allow.Interval, allow.Concatenation = true, true
 		s[setFirewallAllow] = allow
+		s[setNodePorts] = set("nodeports", nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService), "every NodePort, any policy: the virtual servers on node addresses at these ports are svcplane's")
 		out = append(out, s...)
 	}
 	return out
