@@ -13,10 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
 	"github.com/svcplane/svcplane/conformance"
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/kstate"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/ipvs"
 	"github.com/svcplane/svcplane/nft"
 )
 
@@ -39,6 +44,15 @@ type backend struct {
 	// conflicts create, behind the backend's back, kernel objects that
 	// collide with what a Sync from prev to next must create.
 	conflicts []conflict
+	// atomic: a Sync commits in one transaction, so a process killed
+	// inside one leaves the kernel in one of the two States it was
+	// between. IPVS has no transactions: one request per virtual or
+	// real server.
+	atomic bool
+	// maxEndpoints, when set, is how many endpoints a test may give one
+	// service port: the ipvs backend programs one real server per
+	// endpoint, one netlink request each.
+	maxEndpoints int
 }
 
 // conflict is one way to make a Sync fail in the kernel: inject runs
@@ -46,6 +60,10 @@ type backend struct {
 type conflict struct {
 	name   string
 	inject func(t *testing.T, nsPath string, prev, next *dataplane.State)
+	// fix, when set, removes what inject made, as an operator would,
+	// before the test requires the next Sync to converge: needed where
+	// no Sync can succeed while the object is there.
+	fix func(t *testing.T, nsPath string, prev, next *dataplane.State)
 }
 
 var backends = []backend{
@@ -56,6 +74,14 @@ var backends = []backend{
 		},
 		dump:      nftDump,
 		conflicts: nftConflicts,
+		atomic:    true,
+	},
+	{
+		name:         "ipvs",
+		factory:      ipvsFactory,
+		dump:         ipvsDump,
+		conflicts:    ipvsConflicts,
+		maxEndpoints: 20000,
 	},
 }
 
@@ -141,11 +167,23 @@ func mustDump(t testing.TB, b backend, fd int) string {
 // ended with st.
 func freshDump(t testing.TB, b backend, node dataplane.Node, st *dataplane.State) string {
 	t.Helper()
+	return freshDumpLike(t, b, node, st, -1)
+}
+
+// freshDumpLike is freshDump in a namespace that has, on its lo, the
+// addresses the namespace behind like (-1: none) has on its links
+// other than the backend's: a backend that programs NodePorts per node
+// address (ipvs) programs the same ones.
+func freshDumpLike(t testing.TB, b backend, node dataplane.Node, st *dataplane.State, like int) string {
+	t.Helper()
 	ns, err := netnsutil.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ns.Close()
+	if like >= 0 {
+		copyAddrs(t, like, ns.Fd())
+	}
 	dp := newDP(t, b, ns.Path(), node)
 	defer dp.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -157,14 +195,19 @@ func freshDump(t testing.TB, b backend, node dataplane.Node, st *dataplane.State
 }
 
 // snapshot is the whole namespace's kernel state (every nftables table,
-// link and address), for checks that nothing at all changed.
+// link and address, and where the kernel has IPVS every virtual and real
+// server with its weight), for checks that nothing at all changed.
 func snapshot(t testing.TB, fd int) string {
 	t.Helper()
 	s, err := kstate.Snapshot(fd)
 	if err != nil {
 		t.Fatalf("snapshot kernel state: %v", err)
 	}
-	return s
+	v, err := ipvsState(fd, true)
+	if err != nil {
+		t.Fatalf("snapshot IPVS state: %v", err)
+	}
+	return s + v
 }
 
 func generation(t testing.TB, fd int) uint32 {
@@ -178,6 +221,16 @@ func generation(t testing.TB, fd int) uint32 {
 
 // diff returns the lines only in a ("-") or only in b ("+"), at most 40.
 func diff(a, b string) string {
+	out := diffLines(a, b)
+	if len(out) > 40 {
+		out = append(out[:40], fmt.Sprintf("… (%d more)", len(out)-40))
+	}
+	return strings.Join(out, "\n")
+}
+
+// diffLines returns every line only in a ("- " prefixed) or only in b
+// ("+ ").
+func diffLines(a, b string) []string {
 	count := func(s string) map[string]int {
 		m := make(map[string]int)
 		for _, l := range strings.Split(s, "\n") {
@@ -200,10 +253,7 @@ func diff(a, b string) string {
 			mb[l]--
 		}
 	}
-	if len(out) > 40 {
-		out = append(out[:40], fmt.Sprintf("… (%d more)", len(out)-40))
-	}
-	return strings.Join(out, "\n")
+	return out
 }
 
 // The nft backend.
@@ -301,21 +351,21 @@ func added(prev, next *dataplane.State) []dataplane.ServicePort {
 // nftConflicts are objects another program might put into the backend's
 // table, each named or keyed like one the next Sync creates.
 var nftConflicts = []conflict{
-	{"ElementWithOtherValue", func(t *testing.T, nsPath string, prev, next *dataplane.State) {
+	{name: "ElementWithOtherValue", inject: func(t *testing.T, nsPath string, prev, next *dataplane.State) {
 		// Bucket 0 of a frontend the Sync adds, pointing elsewhere:
 		// the kernel refuses to overwrite an element's data.
 		p := added(prev, next)[0]
 		runNFT(t, nsPath, "add", "element", "inet", nft.DefaultTable, "endpoints-v4",
 			fmt.Sprintf("{ %s . %s . %d . 0x00000000 : 198.18.9.9 . 9 }", p.ClusterIPs[0], strings.ToLower(p.Protocol.String()), p.Port))
 	}},
-	{"SetOfNextAffinity", func(t *testing.T, nsPath string, prev, next *dataplane.State) {
+	{name: "SetOfNextAffinity", inject: func(t *testing.T, nsPath string, prev, next *dataplane.State) {
 		// A set with the name of the affinity set the Sync creates, of
 		// another type.
 		p := added(prev, next)[0]
 		runNFT(t, nsPath, "add", "set", "inet", nft.DefaultTable,
 			fmt.Sprintf("affinity-%ds-v4", int(p.Affinity/time.Second)), "{ type ipv4_addr; }")
 	}},
-	{"ChainOfNextAffinity", func(t *testing.T, nsPath string, prev, next *dataplane.State) {
+	{name: "ChainOfNextAffinity", inject: func(t *testing.T, nsPath string, prev, next *dataplane.State) {
 		// A chain with the name of the affinity chain the Sync creates,
 		// holding a rule of its own that drops everything.
 		p := added(prev, next)[0]
@@ -327,4 +377,44 @@ var nftConflicts = []conflict{
 
 func conformanceTarget(nsPath string, node dataplane.Node) conformance.Target {
 	return conformance.Target{NetNS: nsPath, Node: node}
+}
+
+// copyAddrs puts onto lo of the namespace behind to the global addresses
+// of the namespace behind from, except those on the ipvs backend's
+// device, and brings lo up.
+func copyAddrs(t testing.TB, from, to int) {
+	t.Helper()
+	src, err := netlink.NewHandleAt(netns.NsHandle(from))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	dst, err := netlink.NewHandleAt(netns.NsHandle(to))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	lo, err := dst.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	skip := -1
+	if l, err := src.LinkByName(ipvs.DefaultDevice); err == nil {
+		skip = l.Attrs().Index
+	}
+	addrs, err := src.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if a.LinkIndex == skip || a.IP.IsLoopback() || a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if err := dst.AddrAdd(lo, &netlink.Addr{IPNet: a.IPNet, Flags: unix.IFA_F_NODAD}); err != nil && !errors.Is(err, unix.EEXIST) {
+			t.Fatalf("copy address %s: %v", a.IPNet, err)
+		}
+	}
 }

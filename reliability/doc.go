@@ -76,6 +76,24 @@
 // next Sync. TestBigTransactions and FuzzDiff are the nft backend's
 // own.
 //
+// The ipvs backend needs IPVS and dummy links, which the development
+// machine's kernel lacks: its subtests skip there and run in the VM,
+//
+//	make test-vm KERNELS=6.1 VM_PKGS=./reliability VM_TESTFLAGS='-test.run=/^ipvs$$'
+//
+// (the $$ is make's escape for $). It differs where IPVS does: a Sync
+// is one request per virtual or real server, not one transaction, so a
+// process killed inside one leaves a mix of the two States (what must
+// hold is that no request fails and the next process converges), and
+// a Sync the kernel refuses undoes what it did; TCP real servers of
+// endpoints that leave drain at weight 0, which its dump leaves out;
+// it is not given a million endpoints (one netlink request each). Under
+// emulation (SVCPLANE_TIME_SCALE, 4 in the VM) the load's rates are
+// divided by the time scale and its timeouts multiplied: the guest gets
+// what CPU the host spares, so there the load must open at least 10
+// connections per Sync rather than 200 a second, and the client's TCP
+// retransmissions are logged.
+//
 // # Fuzzing
 //
 // `go test` runs the committed corpora (testdata/fuzz) of FuzzDiff,

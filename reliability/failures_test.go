@@ -79,7 +79,7 @@ func (s *failureScene) converges(b backend, when string) {
 	if err := s.dp.Sync(s.ctx, s.next); err != nil {
 		s.t.Fatalf("%s: the next Sync of the same State failed too, want it to converge: %v", when, err)
 	}
-	if got, want := mustDump(s.t, b, s.node.NS.Fd()), freshDump(s.t, b, s.node.NodeModel(), s.next); got != want {
+	if got, want := mustDump(s.t, b, s.node.NS.Fd()), s.freshDump(b, s.next); got != want {
 		s.t.Fatalf("%s: after the next Sync the kernel differs from a fresh Sync of the State:\n%s", when, diff(want, got))
 	}
 	s.answers(keepAddr, "web-1", when+", after the next Sync")
@@ -122,11 +122,14 @@ func TestFailedSyncKeepsState(t *testing.T) {
 					s.notForwarded(newAddr, "after the failed Sync")
 				} else {
 					t.Logf("the Sync succeeded despite the conflicting object")
-					if got, want := mustDump(t, b, s.node.NS.Fd()), freshDump(t, b, s.node.NodeModel(), s.next); got != want {
+					if got, want := mustDump(t, b, s.node.NS.Fd()), s.freshDump(b, s.next); got != want {
 						t.Errorf("the Sync returned nil, but the kernel differs from a fresh Sync of the State:\n%s", diff(want, got))
 					}
 					s.answers(keepAddr, "web-1", "after a Sync that returned nil")
 					s.answers(newAddr, "web-2", "after a Sync that returned nil")
+				}
+				if cf.fix != nil {
+					cf.fix(t, s.node.NS.Path(), s.prev, s.next)
 				}
 				s.converges(b, "after a conflicting object was created behind the backend's back")
 			})
@@ -159,7 +162,7 @@ func TestFailedSyncKeepsState(t *testing.T) {
 			if cancelled < 2 {
 				t.Errorf("only %d cancellation points: none inside the Sync (after its first check)", cancelled)
 			}
-			if got, want := mustDump(t, b, s.node.NS.Fd()), freshDump(t, b, s.node.NodeModel(), s.next); got != want {
+			if got, want := mustDump(t, b, s.node.NS.Fd()), s.freshDump(b, s.next); got != want {
 				t.Fatalf("after the completed Sync the kernel differs from a fresh Sync of the State:\n%s", diff(want, got))
 			}
 			s.answers(newAddr, "web-2", "after the completed Sync")
@@ -274,7 +277,7 @@ func TestConcurrentSync(t *testing.T) {
 		if err := dp.Sync(c.ctx, last); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := mustDump(t, b, c.node.NS.Fd()), freshDump(t, b, c.node.NodeModel(), last); got != want {
+		if got, want := mustDump(t, b, c.node.NS.Fd()), c.freshDump(b, last); got != want {
 			t.Fatalf("after concurrent Syncs the kernel differs from a fresh Sync of the last State:\n%s", diff(want, got))
 		}
 
@@ -318,7 +321,7 @@ func TestConcurrentSync(t *testing.T) {
 		if err := dp2.Sync(c.ctx, last); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := mustDump(t, b, c.node.NS.Fd()), freshDump(t, b, c.node.NodeModel(), last); got != want {
+		if got, want := mustDump(t, b, c.node.NS.Fd()), c.freshDump(b, last); got != want {
 			t.Fatalf("a new Dataplane after Syncs raced Cleanup and Close did not converge:\n%s", diff(want, got))
 		}
 	})

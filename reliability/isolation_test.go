@@ -22,6 +22,7 @@ import (
 
 	"github.com/svcplane/svcplane/conformance/topo"
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/netnsutil"
 )
 
@@ -113,6 +114,64 @@ func foreignListing(t *testing.T, nsPath string) string {
 		b.Write(out)
 	}
 	return b.String()
+}
+
+// foreignIPVS are other programs' IPVS services, as ipvsadm arguments:
+// TCP with persistence, UDP, a firewall mark, IPv6, and one at a port
+// the backend uses as a NodePort but on an address not the node's.
+var foreignIPVS = [][]string{
+	{"-A", "-t", "192.0.2.250:80", "-s", "wlc", "-p", "300"},
+	{"-a", "-t", "192.0.2.250:80", "-r", "198.51.100.1:80", "-m", "-w", "3"},
+	{"-A", "-u", "192.0.2.250:53", "-s", "rr"},
+	{"-a", "-u", "192.0.2.250:53", "-r", "198.51.100.2:53", "-m"},
+	{"-A", "-f", "7", "-s", "sh"},
+	{"-a", "-f", "7", "-r", "198.51.100.3", "-m"},
+	{"-A", "-t", "[2001:db8::250]:443", "-s", "rr"},
+	{"-A", "-t", "203.0.113.250:30080", "-s", "rr"},
+}
+
+// addForeignIPVS creates foreignIPVS with ipvsadm where the kernel has
+// IPVS, and reports whether it did.
+func addForeignIPVS(t *testing.T, nsPath string) bool {
+	t.Helper()
+	ns, err := netnsutil.Open(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	if s, err := ipvsState(ns.Fd(), true); err != nil || s != "" {
+		t.Fatalf("IPVS state of a fresh namespace: %q, %v", s, err)
+	}
+	c, err := ipvsnl.Dial(ns.Fd())
+	if err != nil {
+		return false // no IPVS here
+	}
+	c.Close()
+	// IPVS refuses real servers in a namespace whose lo is down.
+	run(t, nsPath, "ip", "link", "set", "lo", "up")
+	for _, args := range foreignIPVS {
+		run(t, nsPath, "ipvsadm", args...)
+	}
+	return true
+}
+
+// foreignIPVSListing lists the foreign IPVS services as ipvsadm saves
+// them, with their real servers.
+func foreignIPVSListing(t *testing.T, nsPath string) string {
+	t.Helper()
+	var out []string
+	for _, l := range strings.Split(run(t, nsPath, "ipvsadm", "-S", "-n"), "\n") {
+		for _, args := range foreignIPVS {
+			if args[0] == "-A" && strings.Contains(l, " "+args[1]+" "+args[2]+" ") {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	if len(out) != len(foreignIPVS) {
+		return fmt.Sprintf("%d of %d foreign IPVS lines:\n%s\n", len(out), len(foreignIPVS), strings.Join(out, "\n"))
+	}
+	return "ipvsadm -S:\n" + strings.Join(out, "\n") + "\n"
 }
 
 // monitor listens, in a namespace, to every nftables change the kernel
@@ -292,7 +351,15 @@ func TestForeignObjectsUntouched(t *testing.T) {
 		ns := newNS(t)
 		path := ns.Path()
 		runNFT(t, path, "-f", writeTemp(t, foreignRuleset))
-		before := foreignListing(t, path)
+		withIPVS := addForeignIPVS(t, path)
+		listing := func() string {
+			s := foreignListing(t, path)
+			if withIPVS {
+				s += foreignIPVSListing(t, path)
+			}
+			return s
+		}
+		before := listing()
 		tablesBefore := nftTables(t, path)
 		mon := startMonitor(t, path)
 		ctx := t.Context()
@@ -310,8 +377,8 @@ func TestForeignObjectsUntouched(t *testing.T) {
 					owned = append(owned, tb)
 				}
 			}
-			if now := foreignListing(t, path); now != before {
-				t.Fatalf("%s changed other programs' nftables objects:\n%s", what, diff(before, now))
+			if now := listing(); now != before {
+				t.Fatalf("%s changed other programs' nftables objects or IPVS services:\n%s", what, diff(before, now))
 			}
 		}
 		for i, st := range states {

@@ -23,10 +23,12 @@ type cluster struct {
 	client *topo.Pod  // on node-a
 }
 
+// newCluster builds the topology; timeout bounds the test's requests and
+// Syncs (multiplied by topo.TimeScale under emulation).
 func newCluster(t *testing.T, timeout time.Duration) *cluster {
 	t.Helper()
 	needRoot(t)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), topo.Scale(timeout))
 	t.Cleanup(cancel)
 	tp, err := topo.New(ctx, topo.Options{})
 	if err != nil {
@@ -50,6 +52,12 @@ func (c *cluster) pod(node int, name string, ports ...uint16) *topo.Pod {
 		c.t.Fatalf("add pod %s: %v", name, err)
 	}
 	return p
+}
+
+// freshDump is freshDump for node-a: in a namespace with its addresses.
+func (c *cluster) freshDump(b backend, st *dataplane.State) string {
+	c.t.Helper()
+	return freshDumpLike(c.t, b, c.node.NodeModel(), st, c.node.NS.Fd())
 }
 
 func (c *cluster) open(b backend) dataplane.Dataplane {

@@ -186,7 +186,8 @@ func (h *helper) medianSync() time.Duration {
 }
 
 // restartStates are the States the Dataplane processes sync in turn:
-// the service under load on 4 of 5 live pods, and 300 other services
+// the service under load on 4 of 5 live pods (TCP; UDP on the same 4
+// always), and 300 other services
 // (which change between States, so that every Sync is a long one, adds
 // and removes services, and moves an affinity timeout).
 func restartStates(pods []*topo.Pod) []dataplane.State {
@@ -197,6 +198,14 @@ func restartStates(pods []*topo.Pod) []dataplane.State {
 			eps = append(eps, readyEndpoint(pods[(v+i)%len(pods)]))
 		}
 		st := dataplane.State{Ports: loadPorts(eps)}
+		// The UDP port keeps the same 4 endpoints: a datagram in flight
+		// to an endpoint that leaves the State may rightly go
+		// unanswered (its conntrack entry and, with IPVS, its
+		// connection are deleted so that flows move on; see
+		// TestChurnUnderLoad for endpoints that leave gracefully).
+		for i := range 4 {
+			st.Ports[1].Endpoints[i] = readyEndpoint(pods[i])
+		}
 		for i := 50 * v; i < 50*v+raceOr(300, 150); i++ {
 			p := dataplane.ServicePort{
 				Name:     dataplane.PortName{Namespace: "bulk", Name: fmt.Sprintf("svc-%d", i)},
@@ -240,7 +249,7 @@ func TestRestartUnderLoad(t *testing.T) {
 		loop, last := states[:2], &states[2]
 		fresh := make([]string, len(states))
 		for i := range states {
-			fresh[i] = freshDump(t, b, c.node.NodeModel(), &states[i])
+			fresh[i] = c.freshDump(b, &states[i])
 		}
 		tablesBefore := snapshotTables(t, c.node.NS.Fd())
 
@@ -254,7 +263,7 @@ func TestRestartUnderLoad(t *testing.T) {
 		defer stop()
 
 		const kills = 3
-		midSync := 0
+		midSync, syncs := 0, 0
 		for k := range kills {
 			// Let it sync a few times, then kill it inside a Sync:
 			// right after it announced one, at a random point within
@@ -266,23 +275,34 @@ func TestRestartUnderLoad(t *testing.T) {
 			delay := time.Duration(rand.Int64N(int64(med)*8/10 + 1))
 			time.Sleep(delay)
 			ended := h.kill(t, n)
+			syncs += len(h.ends)
 			if !ended {
 				midSync++
 			}
 			got := mustDump(t, b, c.node.NS.Fd())
 			held := slices.Index(fresh[:2], got)
-			if held < 0 {
+			switch {
+			case held < 0 && b.atomic:
 				t.Fatalf("kill %d: after SIGKILL in Sync %d the kernel holds neither State it was between (half-programmed?):\n%s",
 					k+1, n, diff(fresh[n%2], got))
+			case held < 0:
+				// IPVS has no transactions: a Sync killed halfway
+				// leaves some virtual servers changed and others not.
+				// What must hold is that no request failed meanwhile
+				// and that the next process converges.
+				t.Logf("kill %d: SIGKILL %v into Sync %d (median Sync %v); Sync ended before the kill: %v; the kernel holds a mix of the two States (%d lines differ from the killed Sync's)",
+					k+1, delay.Round(time.Millisecond), n, med.Round(time.Millisecond), ended, len(diffLines(fresh[n%2], got)))
+			default:
+				committed := map[bool]string{true: "committed", false: "not committed"}[held == n%2]
+				t.Logf("kill %d: SIGKILL %v into Sync %d (median Sync %v); Sync ended before the kill: %v; the kernel holds State %d (the killed Sync's batch: %s)",
+					k+1, delay.Round(time.Millisecond), n, med.Round(time.Millisecond), ended, held, committed)
 			}
-			committed := map[bool]string{true: "committed", false: "not committed"}[held == n%2]
-			t.Logf("kill %d: SIGKILL %v into Sync %d (median Sync %v); Sync ended before the kill: %v; the kernel holds State %d (the killed Sync's batch: %s)",
-				k+1, delay.Round(time.Millisecond), n, med.Round(time.Millisecond), ended, held, committed)
 			h = startHelper(t, b, c, loop)
 			h.waitSync(t, 0, true)
 		}
 		h.waitSync(t, 2, true)
 		h.kill(t, 3)
+		syncs += len(h.ends) + 1 // and the test process's
 		// The test process adopts the namespace last and syncs the last
 		// State.
 		dp := c.open(b)
@@ -297,8 +317,8 @@ func TestRestartUnderLoad(t *testing.T) {
 		t.Logf("TCP connections: %d attempted, %d failed, %d slower than %v (max %v), %.0f/s",
 			ts.attempted, ts.failed, ts.slow, slowAfter, ts.maxLatency.Round(time.Millisecond), loads[0].rateAchieved())
 		t.Logf("UDP requests: %d attempted, %d failed (max latency %v)", us.attempted, us.failed, us.maxLatency.Round(time.Millisecond))
-		if r := loads[0].rateAchieved(); r < 200 {
-			t.Errorf("the client opened only %.0f TCP connections per second, want at least 200", r)
+		if why := tooLight(loads[0], syncs); why != "" {
+			t.Errorf("%s: the load is too light to prove anything", why)
 		}
 		if ts.failed > 0 {
 			t.Errorf("%d of %d TCP connections to ready endpoints failed across the restarts, want none; first: %v", ts.failed, ts.attempted, ts.failures)
