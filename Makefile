@@ -127,7 +127,7 @@ bench: deps
 	  -notes ../../docs/performance-notes.md \
 	  -date "$$(date -u '+%Y-%m-%d %H:%M UTC')" -kernel "$$(uname -r)" \
 	  -machine "$$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo), $$($(GO) version | cut -d' ' -f3), $$(nft --version)" \
-	  -how "one make bench run; one test binary per backend; -count=$(BENCH_COUNT); -benchtime $(BENCH_FULL) for full, $(BENCH_SMALL) for the other scenarios, 1x for nft-file, $(BENCH_CONNECT) for Connect; in the VM $(BENCH_VM_FULL) for full, $(BENCH_VM_SMALL) for the others, 1x for ipvsadm-restore; load average $$(cat ../../docs/.bench-load) before, $$(cat ../../docs/.bench-load-after) after the native half; each full op starts when the CPUs are idle again after the previous namespace is torn down" \
+	  -how "one make bench run (BENCH_MAX=$(BENCH_MAX): 0 is every size); one test binary per backend; -count=$(BENCH_COUNT); -benchtime $(BENCH_FULL) for full, $(BENCH_SMALL) for the other scenarios, 1x for nft-file, $(BENCH_CONNECT) for Connect; in the VM $(BENCH_VM_FULL) for full, $(BENCH_VM_SMALL) for the others, 1x for ipvsadm-restore; load average $$(cat ../../docs/.bench-load) before, $$(cat ../../docs/.bench-load-after) after the native half; each full op starts when the CPUs are idle again after the previous namespace is torn down" \
 	  -verify-n "$$(cat ../../docs/.bench-verify-n)" -verify "$$(grep -o 'the kernel holds all.*' ../../docs/.bench-verify)"
 	@rm -f docs/.bench-load docs/.bench-load-after docs/.bench-verify docs/.bench-verify-n docs/.bench-vm $(BENCH_BIN)
 	@echo "bench: wrote docs/benchmarks.md, docs/sync-time.svg and $(BENCH_RAW)"
