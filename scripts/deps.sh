@@ -8,6 +8,9 @@ command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v conntrack >/dev/null || need+=(conntrack)
+# ipvsadm: the ipvs benchmarks' peer (ipvsadm -R) and the isolation tests
+# look at IPVS with it, in the VM (which runs this machine's programs).
+command -v ipvsadm >/dev/null || need+=(ipvsadm)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
