@@ -268,8 +268,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case <-p.tracker.Changed():
 		default:
 		}
+		// The State is read first, so that last is the moment the
+		// Dataplane's Sync starts: MinSyncPeriod spaces those.
+		st := p.tracker.State()
 		last = time.Now()
-		err := p.syncOnce(ctx, why, retries)
+		err := p.syncOnce(ctx, st, why, retries)
 		resync.Reset(p.opts.SyncPeriod)
 		switch {
 		case err == nil:
@@ -289,8 +292,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 }
 
 // syncOnce syncs the Tracker's current State and records the outcome.
-func (p *Proxy) syncOnce(ctx context.Context, why string, retry int) error {
-	st := p.tracker.State()
+func (p *Proxy) syncOnce(ctx context.Context, st *dataplane.State, why string, retry int) error {
 	start := time.Now()
 	err := p.dp.Sync(ctx, st)
 	took := time.Since(start)

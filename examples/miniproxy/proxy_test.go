@@ -201,9 +201,9 @@ func TestMinSyncPeriod(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	// The loop spaces the starts of its syncs; fakeDP records a moment
-	// later, which may be later by a little more for one sync than for
-	// the next.
+	// The loop spaces the moments it calls Sync; fakeDP records a
+	// moment later (a function call), which may be later by a little
+	// more for one sync than for the next.
 	const slack = 5 * time.Millisecond
 	syncs := dp.times()
 	for i := 1; i < len(syncs); i++ {
@@ -247,7 +247,7 @@ func TestHealthz(t *testing.T) {
 	if code, _ := get(t, h, "/livez"); code != http.StatusOK {
 		t.Errorf("/livez before the first sync: %d, want 200", code)
 	}
-	if err := p.syncOnce(context.Background(), "test", 0); err != nil {
+	if err := p.syncOnce(context.Background(), p.tracker.State(), "test", 0); err != nil {
 		t.Fatal(err)
 	}
 	code, body := get(t, h, "/healthz")
