@@ -15,16 +15,20 @@ check:
 	$(GO) vet ./...
 	$(GO) test -short ./dataplane/...
 
-## test: everything — deps, vet, unit tests with -race, the conformance suite on every backend this kernel supports, and the IPVS backend in a Debian 6.1 VM when this kernel has no IPVS (root)
+## test: everything — deps, vet, unit tests with -race, the conformance suite, the reliability tests and each benchmark once at its smallest size on every backend this kernel supports, and the ipvs backend's share of them in a Debian 6.1 VM when this kernel has no IPVS (root)
 test: deps vet
 	$(GO) test -race -count=1 $(GOFLAGS_TEST) ./...
 	@if [ -e /proc/net/ip_vs ]; then \
 	  echo "== this kernel has IPVS: the ipvs backend was tested natively above"; \
 	else \
 	  echo "== this kernel has no IPVS: testing the ipvs backend in a Debian 6.1 VM (make test-vm)"; \
-	  KERNELS=6.1 VM_PKGS="./conformance ./internal/ipvsnl" \
-	    VM_TESTFLAGS='-test.run=^(TestConformance|TestServicesAndDests)$$/^ipvs$$' ./scripts/vm/test.sh; \
+	  KERNELS=6.1 VM_PKGS="./conformance ./internal/ipvsnl ./ipvs ./reliability" VM_ENV=SVCPLANE_BENCH_SIZES=100x5 \
+	    VM_TESTFLAGS='-test.run=^(TestConformance|TestServicesAndDests|TestExampleNew|TestBenchmarks|$(RELIABILITY_TESTS))$$/^(ipvs|ipvsadm-restore)$$' ./scripts/vm/test.sh; \
 	fi
+
+# The reliability tests that run once per backend: make test runs their
+# ipvs half in the VM.
+RELIABILITY_TESTS := TestChurnUnderLoad|TestRestartUnderLoad|TestFailedSyncKeepsState|TestConcurrentSync|TestAdversarialStates|TestForeignObjectsUntouched|TestNodePortExposure|TestSourceRangesEveryFrontend
 
 deps:
 	@./scripts/deps.sh
