@@ -5,7 +5,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 GOFLAGS_TEST ?=
 
-.PHONY: all check test deps vet unit conformance demo fmt clean
+.PHONY: all check test deps vet unit conformance demo fmt clean vulncheck
 
 all: check
 
@@ -54,6 +54,10 @@ demo: deps
 	  progress=-progress=true; [ -t 1 ] || progress=-progress=false; \
 	  ./scripts/vm/run.sh --kernel "$(DEMO_KERNEL)" --timeout 900 --env SVCPLANE_TIME_SCALE=4 -- "$$dir/demo" -backend ipvs $$progress; \
 	fi
+
+## vulncheck: govulncheck over every package (needs network access to the Go vulnerability database; not part of make test, because this project's machines have none)
+vulncheck:
+	$(GO) run golang.org/x/vuln/cmd/govulncheck@v1.1.4 ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
