@@ -119,7 +119,7 @@ set +e
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none \
   -kernel "$dir/vmlinuz" -initrd "$dir/initrd.gz" \
-  -append "console=ttyS0 quiet panic=-1 svcplane.share=$share${expose_list:+ svcplane.expose=$expose_list}" \
+  -append "console=ttyS0 quiet panic=-1 no_timer_check svcplane.share=$share${expose_list:+ svcplane.expose=$expose_list}" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap \
   -virtfs "local,path=$share,mount_tag=results,security_model=none" \
   "${virtfs_expose[@]}" \
