@@ -42,7 +42,7 @@ func BenchmarkSync(b *testing.B) {
 
 // TestBenchmarks runs every benchmark case once at its smallest size, so
 // that they keep working; it judges no timing, only that a noop Sync
-// sends nothing and a one-endpoint Sync at most 2 IPVS messages.
+// sends nothing and a one-endpoint Sync at most 3 IPVS messages (see ipvsBackend).
 func TestBenchmarks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
