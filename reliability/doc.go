@@ -62,6 +62,13 @@
 //   - TestNoExecInLibraries: no library package, nor anything linked
 //     into one, imports os/exec (go list -deps).
 //
+// Known failure: on the ipvs backend, in a VM running at full speed (200
+// TCP connections and 50 fresh UDP requests a second), TestChurnUnderLoad
+// lost 2 of 6072 fresh UDP requests: a request from a source port used
+// within IPVS's UDP timeout (5 minutes by default) follows the old IPVS
+// connection, whose real server a rolling update removes. make test
+// leaves that test to make test-vm until it is fixed (issue 6).
+//
 // Run `go test -v -run TestChurnUnderLoad ./reliability` to see the
 // counts each test logs.
 //
