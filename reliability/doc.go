@@ -64,9 +64,10 @@
 //
 // Known failure: on the ipvs backend, in a VM running at full speed (200
 // TCP connections and 50 fresh UDP requests a second), TestChurnUnderLoad
-// lost 2 of 6072 fresh UDP requests: a request from a source port used
-// within IPVS's UDP timeout (5 minutes by default) follows the old IPVS
-// connection, whose real server a rolling update removes. make test
+// lost 2 of 6072 fresh UDP requests. The likely cause, not yet proven: a
+// request from a source port used within IPVS's UDP timeout (5 minutes
+// by default) follows the old IPVS connection, whose real server a
+// rolling update removes. make test
 // leaves that test to make test-vm until it is fixed (issue 6).
 //
 // Run `go test -v -run TestChurnUnderLoad ./reliability` to see the
