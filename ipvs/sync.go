@@ -19,6 +19,7 @@ import (
 	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/kstate"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
 // virtual is a virtual server and its real servers, by address:port and
@@ -395,8 +396,8 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			el(f, setFirewall, front)
 			// Overlapping ranges would clash in the interval set: keep
 			// the outermost, which allow the same sources.
-			for _, r := range outermost(ranges) {
-				p.elems[elemKey{sid(f, setFirewallAllow), front + string(r.Addr().AsSlice())}] = front + string(lastAddr(r).AsSlice())
+			for _, r := range prefixes.Outermost(ranges) {
+				p.elems[elemKey{sid(f, setFirewallAllow), front + string(r.Addr().AsSlice())}] = front + string(prefixes.Last(r).AsSlice())
 			}
 		}
 		if sp.NodePort != 0 {
@@ -525,33 +526,6 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 		d.lastGen = g
 	}
 	return nil
-}
-
-// outermost returns the prefixes of rs that no other one contains, each
-// once: their union is the union of rs. (The nft backend has the same.)
-func outermost(rs []netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for i, r := range rs {
-		contains := func(strict bool) func(o netip.Prefix) bool {
-			return func(o netip.Prefix) bool {
-				return o.Contains(r.Addr()) && (o.Bits() < r.Bits() || !strict && o.Bits() == r.Bits())
-			}
-		}
-		if !slices.ContainsFunc(rs[:i], contains(false)) && !slices.ContainsFunc(rs[i+1:], contains(true)) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// lastAddr returns the last address of a masked prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }
 
 // syncVirtuals sends the IPVS operations that make applied equal want.

@@ -11,6 +11,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
 // FuzzDiff drives the diff engine (the element store of store.go and the
@@ -421,7 +422,7 @@ func fzCheckFirewall(t *testing.T, d *Dataplane, st *dataplane.State, k *fzKerne
 			var l []iv
 			for _, r := range p.SourceRanges {
 				if r.Addr().Is4() == a.Is4() {
-					l = append(l, iv{r.Masked().Addr(), lastAddr(r.Masked())})
+					l = append(l, iv{r.Masked().Addr(), prefixes.Last(r.Masked())})
 				}
 			}
 			if len(l) > 0 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
 // newTestNS returns a fresh network namespace that lives as long as the
@@ -173,7 +174,7 @@ func TestOverlappingSourceRanges(t *testing.T) {
 	if err := d.Sync(context.Background(), &dataplane.State{Ports: []dataplane.ServicePort{p}}); err != nil {
 		t.Fatalf("Sync with overlapping source ranges: %v", err)
 	}
-	if got := outermost(p.SourceRanges); len(got) != 1 || got[0] != netip.MustParsePrefix("0.0.0.0/0") {
+	if got := prefixes.Outermost(p.SourceRanges); len(got) != 1 || got[0] != netip.MustParsePrefix("0.0.0.0/0") {
 		t.Fatalf("outermost = %v, want [0.0.0.0/0]", got)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
 // Plan is what a Sync would change, as nft commands a person can read
@@ -144,7 +145,7 @@ func formatKey(s *nftables.Set, e nftables.SetElement) string {
 		start, _ := netip.AddrFromSlice(e.Key[len(e.Key)-n:])
 		end, _ := netip.AddrFromSlice(e.KeyEnd[len(e.KeyEnd)-n:])
 		for bits := 0; bits <= start.BitLen(); bits++ {
-			if p := netip.PrefixFrom(start, bits); p.Masked().Addr() == start && lastAddr(p) == end {
+			if p := netip.PrefixFrom(start, bits); p.Masked().Addr() == start && prefixes.Last(p) == end {
 				return k + "/" + fmt.Sprint(bits)
 			}
 		}

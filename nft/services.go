@@ -9,6 +9,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
 // role says which traffic an endpoint group serves.
@@ -253,9 +254,9 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 				return // no ranges of this family: any source
 			}
 			el(f, setFirewall, front, elemVal{comment: comment})
-			for _, r := range outermost(ranges) {
+			for _, r := range prefixes.Outermost(ranges) {
 				el(f, setFirewallAllow, slices.Concat(front, r.Addr().AsSlice()),
-					elemVal{keyEnd: string(slices.Concat(front, lastAddr(r).AsSlice())), comment: comment})
+					elemVal{keyEnd: string(slices.Concat(front, prefixes.Last(r).AsSlice())), comment: comment})
 			}
 		}
 		for _, a := range p.ExternalIPs {
@@ -336,33 +337,4 @@ func addrPort(ap netip.AddrPort) []byte {
 	b := ap.Addr().AsSlice()
 	b = binary.BigEndian.AppendUint16(b, ap.Port())
 	return append(b, 0, 0)
-}
-
-// outermost returns the prefixes of rs that no other one contains, each
-// once. Their union is rs's (prefixes nest or are disjoint), and they do
-// not overlap: the kernel refuses overlapping intervals in one set, and
-// two prefixes with one first address would share an element key.
-func outermost(rs []netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for i, r := range rs {
-		contains := func(strict bool) func(o netip.Prefix) bool {
-			return func(o netip.Prefix) bool {
-				return o.Contains(r.Addr()) && (o.Bits() < r.Bits() || !strict && o.Bits() == r.Bits())
-			}
-		}
-		if !slices.ContainsFunc(rs[:i], contains(false)) && !slices.ContainsFunc(rs[i+1:], contains(true)) {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
-// lastAddr returns the last address of a masked prefix.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 0x80 >> (i % 8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }

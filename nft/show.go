@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
 // Programmed is what a Dataplane's table holds, read back from the kernel
@@ -470,7 +471,7 @@ func (r *reader) family(f int) error {
 // rangePrefix returns the prefix from first to last, when they span one.
 func rangePrefix(first, last netip.Addr) (netip.Prefix, bool) {
 	for bits := 0; bits <= first.BitLen(); bits++ {
-		if p := netip.PrefixFrom(first, bits); p.Masked().Addr() == first && lastAddr(p) == last {
+		if p := netip.PrefixFrom(first, bits); p.Masked().Addr() == first && prefixes.Last(p) == last {
 			return p, true
 		}
 	}
