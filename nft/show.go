@@ -346,6 +346,14 @@ func (r *reader) family(f int) error {
 	for _, e := range els {
 		clusterIPs[e.key[0].addr] = true
 	}
+	// frontOf finds key's frontend: the cluster-IP sets and maps hold
+	// external and load-balancer IPs too, told apart by cluster-ips.
+	frontOf := func(kind FrontendKind, key []field) *shownFront {
+		if kind == ClusterIP && len(key) > 0 && !clusterIPs[key[0].addr] {
+			kind = ExternalIP
+		}
+		return r.front(f, kind, key)
+	}
 
 	// Sets of frontends, each element naming its service port.
 	for _, s := range []struct {
@@ -368,11 +376,7 @@ func (r *reader) family(f int) error {
 			return err
 		}
 		for _, e := range els {
-			kind := s.kind
-			if kind == ClusterIP && len(e.key) > 0 && !clusterIPs[e.key[0].addr] {
-				kind = ExternalIP
-			}
-			sf := r.front(f, kind, e.key)
+			sf := frontOf(s.kind, e.key)
 			if sf == nil {
 				continue
 			}
@@ -402,11 +406,7 @@ func (r *reader) family(f int) error {
 			if len(e.key) < 2 || len(e.val) < 2 || !e.val[0].addr.IsValid() {
 				continue
 			}
-			kind := m.kind
-			if kind == ClusterIP && !clusterIPs[e.key[0].addr] {
-				kind = ExternalIP
-			}
-			sf := r.front(f, kind, e.key[:len(e.key)-1])
+			sf := frontOf(m.kind, e.key[:len(e.key)-1])
 			if sf == nil {
 				continue
 			}
@@ -450,11 +450,7 @@ func (r *reader) family(f int) error {
 			return err
 		}
 		for _, e := range els {
-			kind := m.kind
-			if kind == ClusterIP && len(e.key) > 0 && !clusterIPs[e.key[0].addr] {
-				kind = ExternalIP
-			}
-			sf := r.front(f, kind, e.key)
+			sf := frontOf(m.kind, e.key)
 			if sf == nil {
 				continue
 			}
