@@ -8,13 +8,13 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nftbatch"
 )
 
 // Defaults for Config's empty fields.
@@ -70,10 +70,9 @@ type Dataplane struct {
 	addrs   map[netip.Addr]bool
 	elems   map[elemKey]string // our nftables set elements (value: interval end)
 	sysctls bool
-	fp      string // the table's fingerprint
-	lastGen uint32 // nftables generation after our last commit
-	sock    *mnl.Conn
-	sendBuf int // the nftables socket's send buffer
+	fp      string        // the table's fingerprint
+	lastGen uint32        // nftables generation after our last commit
+	sock    nftbatch.Sock // the nftables connection's socket
 }
 
 // Socket buffers of the nftables connection.
@@ -126,25 +125,8 @@ func New(cfg Config) (*Dataplane, error) {
 		return nil, fmt.Errorf("ipvs: open rtnetlink: %w", err)
 	}
 	if d.nft, err = nftables.New(nftables.WithNetNSFd(d.ns.Fd()), nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *mnl.Conn) error {
-			// Acks without a copy of their request, and buffers for
-			// large batches: the kernel refuses a batch larger than
-			// the send buffer (EMSGSIZE), and Flush reports ENOBUFS
-			// for a batch it committed when the acks overflow the
-			// receive buffer (NETLINK-NOTES.md). syncTable raises the
-			// send buffer further for larger batches.
-			if err := c.SetOption(mnl.CapAcknowledge, true); err != nil {
-				return err
-			}
-			if err := c.SetWriteBuffer(minSendBuffer); err != nil {
-				return err
-			}
-			if err := c.SetReadBuffer(recvBuffer); err != nil {
-				return err
-			}
-			d.sock, d.sendBuf = c, minSendBuffer
-			return nil
-		})); err != nil {
+		// Buffers for large batches; syncTable raises them further.
+		d.sock.Option(minSendBuffer, recvBuffer)); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("ipvs: open nftables netlink: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/kstate"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nftbatch"
 	"github.com/svcplane/svcplane/internal/prefixes"
 )
 
@@ -488,33 +489,29 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 	if !rebuild && len(add) == 0 && len(del) == 0 {
 		return nil
 	}
-	n := 0
-	for _, es := range add {
-		n += len(es)
-	}
-	for _, es := range del {
-		n += len(es)
-	}
-	// An element takes at most some 130 bytes of the batch (an IPv6
-	// interval of the firewall-allow set); the table, 1 MiB at most.
-	if need := 1<<20 + 160*n; d.sock != nil && need > d.sendBuf {
-		if err := d.sock.SetWriteBuffer(need); err != nil {
-			return fmt.Errorf("ipvs: raise the nftables send buffer to %d bytes: %w", need, err)
+	// The batch: the elements, and the table (1 MiB at most, a few
+	// hundred messages) when it is rebuilt.
+	bytes, msgs := 1<<20, 256
+	for _, m := range []map[setID][]nftables.SetElement{add, del} {
+		for _, es := range m {
+			msgs++
+			for _, e := range es {
+				bytes += nftbatch.ElemSize(e)
+			}
 		}
-		d.sendBuf = need
+	}
+	msgs += bytes / nftbatch.MaxChunk
+	if err := d.sock.Fit(bytes, msgs); err != nil {
+		return fmt.Errorf("ipvs: size the nftables socket buffers for %d bytes: %w", bytes, err)
 	}
 	for s, es := range del {
-		for c := range slices.Chunk(es, 500) {
-			if err := d.nft.SetDeleteElements(d.sets[s], c); err != nil {
-				return err
-			}
+		if err := nftbatch.Chunks(es, func(c []nftables.SetElement) error { return d.nft.SetDeleteElements(d.sets[s], c) }); err != nil {
+			return err
 		}
 	}
 	for s, es := range add {
-		for c := range slices.Chunk(es, 500) {
-			if err := d.nft.SetAddElements(d.sets[s], c); err != nil {
-				return err
-			}
+		if err := nftbatch.Chunks(es, func(c []nftables.SetElement) error { return d.nft.SetAddElements(d.sets[s], c) }); err != nil {
+			return err
 		}
 	}
 	if err := d.nft.Flush(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nftbatch"
 )
 
 // DefaultTable is the table name used when Config.Table is empty.
@@ -67,13 +68,12 @@ type Dataplane struct {
 	// benchmarks count netlink traffic with them.
 	beforeFlush func(*nftables.Conn)
 	genReads    int
-	// sock is conn's netlink socket; sendBuf and recvBuf its buffer
-	// sizes; batchBytes bounds the size of the batch being queued and
-	// queued counts its messages (each one answered by an ack).
-	sock             *netlink.Conn
-	sendBuf, recvBuf int
-	batchBytes       int
-	queued           int
+	// sock is conn's netlink socket; batchBytes bounds the size of the
+	// batch being queued and queued counts its messages (each one
+	// answered by an ack).
+	sock       nftbatch.Sock
+	batchBytes int
+	queued     int
 	// closed is set by Close; conn is nil after a failed batch, too.
 	closed bool
 }
@@ -133,25 +133,9 @@ func New(cfg Config) (*Dataplane, error) {
 }
 
 // dial opens the lasting netlink connection a Dataplane queues its
-// batches on. Acks carry no copy of their request (NETLINK_CAP_ACK):
-// a batch of 20,000 rules would otherwise need some 40 MB of acks.
+// batches on.
 func (d *Dataplane) dial() (*nftables.Conn, error) {
-	opts := []nftables.ConnOption{
-		nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *netlink.Conn) error {
-			if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
-				return err
-			}
-			if err := c.SetWriteBuffer(sendBuffer); err != nil {
-				return err
-			}
-			if err := c.SetReadBuffer(recvBuffer); err != nil {
-				return err
-			}
-			d.sock, d.sendBuf, d.recvBuf = c, sendBuffer, recvBuffer
-			return nil
-		}),
-	}
+	opts := []nftables.ConnOption{nftables.AsLasting(), d.sock.Option(sendBuffer, recvBuffer)}
 	if d.nsFd >= 0 {
 		opts = append(opts, nftables.WithNetNSFd(d.nsFd))
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nftbatch"
 )
 
 // Sync makes the table match desired in one atomic netlink batch. The
@@ -195,11 +196,6 @@ func (d *Dataplane) affinityChanges(full bool) (add, del []int64) {
 	return add, del
 }
 
-// maxChunk bounds the encoded size of the elements in one netlink
-// message: google/nftables puts them in one attribute, whose 16-bit length
-// silently wraps past 64 KiB.
-const maxChunk = 48 << 10
-
 // queueElements queues the element changes. A fresh store (a table
 // built from nothing) has no list of changes: its wanted elements are
 // queued as they are read, a message at a time, so that a large table is
@@ -211,8 +207,8 @@ func (d *Dataplane) queueElements(changes []change) error {
 		sizes := make([]int, len(d.sets))
 		var err error
 		d.st.eachWanted(func(set setID, e nftables.SetElement) {
-			n := elemSize(e)
-			if sizes[set]+n > maxChunk && len(bufs[set]) > 0 && err == nil {
+			n := nftbatch.ElemSize(e)
+			if sizes[set]+n > nftbatch.MaxChunk && len(bufs[set]) > 0 && err == nil {
 				err = d.conn.SetAddElements(d.sets[set], bufs[set])
 				d.queued++
 				bufs[set], sizes[set] = bufs[set][:0], 0
@@ -244,69 +240,25 @@ func (d *Dataplane) queueElements(changes []change) error {
 	return nil
 }
 
-// elemSize bounds the encoded size of an element in a netlink message.
-func elemSize(e nftables.SetElement) int {
-	return 48 + len(e.Key) + len(e.KeyEnd) + len(e.Val) + len(e.Comment)
-}
-
 // batchSlack bounds what a batch holds besides elements: the table, its
 // chains, sets and rules, and affinity chains.
 const batchSlack = 8 << 20
 
-// ackBytes bounds the receive buffer one ack takes (its skb's true
-// size, for a capped ack of a few dozen bytes).
-const ackBytes = 1 << 10
-
-// fitBuffers raises the socket's buffers when the queued batch might not
-// fit: the kernel refuses a batch larger than the send buffer (EMSGSIZE;
-// a full Sync of 50000 service ports is some 150 MB), and when the acks
-// of its messages overflow the receive buffer, Flush reports ENOBUFS for
-// a batch the kernel committed (20,000 rules of 40 affinity timeouts).
+// fitBuffers sizes the socket's buffers to the queued batch (a full
+// Sync of 50000 service ports is some 150 MB; 20,000 rules of 40
+// affinity timeouts are as many acks).
 func (d *Dataplane) fitBuffers() error {
-	if d.sock == nil {
-		return nil
-	}
-	if need := d.batchBytes + batchSlack; need > d.sendBuf {
-		if err := d.sock.SetWriteBuffer(need); err != nil {
-			return err
-		}
-		d.sendBuf = need
-	}
-	if need := 2*d.queued*ackBytes + (1 << 20); need > d.recvBuf {
-		if err := d.sock.SetReadBuffer(need); err != nil {
-			return err
-		}
-		d.recvBuf = need
-	}
-	return nil
+	return d.sock.Fit(d.batchBytes+batchSlack, d.queued)
 }
 
 func (d *Dataplane) chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) error {
 	for _, e := range es {
-		d.batchBytes += elemSize(e)
+		d.batchBytes += nftbatch.ElemSize(e)
 	}
-	return chunked(es, func(es []nftables.SetElement) error {
+	return nftbatch.Chunks(es, func(es []nftables.SetElement) error {
 		d.queued++
 		return send(es)
 	})
-}
-
-func chunked(es []nftables.SetElement, send func([]nftables.SetElement) error) error {
-	start, size := 0, 0
-	for i, e := range es {
-		n := elemSize(e)
-		if size+n > maxChunk && i > start {
-			if err := send(es[start:i]); err != nil {
-				return err
-			}
-			start, size = i, 0
-		}
-		size += n
-	}
-	if start < len(es) {
-		return send(es[start:])
-	}
-	return nil
 }
 
 // applyPort (re)computes a port's elements and swaps them into the store.
