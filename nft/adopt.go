@@ -241,15 +241,16 @@ func (d *Dataplane) adopt() (*store, error) {
 	return nil, nil
 }
 
-// kernelGroup rebuilds the bucket assignment the kernel holds for key in
-// map s, so that an adopted table keeps its buckets where they are.
+// kernelGroup rebuilds the slot assignment the kernel holds for key in
+// map s (slots 0, 1, ... up to the first missing one), so that an adopted
+// table keeps its slots where they are.
 func (d *Dataplane) kernelGroup(s setID, key []byte, f int, r role) *group {
 	g := &group{fam: f, role: r}
 	index := make(map[netip.AddrPort]int)
-	for b := range g.buckets {
+	for b := range buckets {
 		v, ok := d.st.applied[elemKey{sid(f, s), string(bucketKey(key, uint32(b)))}]
 		if !ok {
-			return nil
+			break
 		}
 		ap, ok := decodeAddrPort(f, []byte(v.val))
 		if !ok {
@@ -261,7 +262,10 @@ func (d *Dataplane) kernelGroup(s setID, key []byte, f int, r role) *group {
 			index[ap] = i
 			g.eps = append(g.eps, ap)
 		}
-		g.buckets[b] = uint8(i) // at most 64 distinct endpoints
+		g.slots = append(g.slots, uint8(i)) // at most 64 distinct endpoints
+	}
+	if len(g.slots) == 0 {
+		return nil
 	}
 	return g
 }

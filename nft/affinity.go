@@ -13,12 +13,13 @@ import (
 //
 // A client of a service with ClientIP affinity keeps reaching the same
 // endpoint until it has been idle for the service's timeout. svcplane
-// remembers the client's bucket, not its endpoint: a dynamic set per
-// timeout and family holds (client . frontend . bucket) with that timeout,
-// and the client is DNATed through the frontend's bucket map like anyone
-// else. So when an endpoint goes, its buckets (and the clients remembered
-// in them) move to the remaining endpoints and stay there; nothing needs
-// deleting.
+// remembers the client's bucket, not its endpoint: the frontends of such
+// a service always have 64 slots (buckets) in their endpoint map, shared
+// by the endpoints; a dynamic set per timeout and family holds (client .
+// frontend . bucket) with that timeout, and the client is DNATed through
+// the frontend's endpoint map. So when an endpoint goes, its buckets (and
+// the clients remembered in them) move to the remaining endpoints and
+// stay there; nothing needs deleting.
 //
 // Services with affinity jump, through the affinity-frontends and
 // affinity-nodeports verdict maps, to the chain for their timeout,

@@ -29,7 +29,7 @@ var nftBackend = syncbench.Backend{
 		}
 		return syncbench.WithStats(d, countNetlink(d).stats), nil
 	},
-	// Batch begin, the bucket deletions and additions, the hairpin pair
+	// Batch begin, the slot deletions and additions, the hairpin pair
 	// of the new endpoint and of the old one, batch end.
 	MaxOneEndpointMsgs: 6,
 }
@@ -66,8 +66,8 @@ func TestBenchmarks(t *testing.T) {
 // (GetSetElements) is quadratic in the set's size, so every expected key
 // is fetched instead, 1024 to a request: the kernel answers each with the
 // element or the request with ENOENT. For endpoints-v4 it also checks
-// that each service's 64 buckets point at its own endpoints, 12 or 13
-// each. SVCPLANE_VERIFY_SERVICES sets the size (default 1000; make bench
+// that each service's 5 slots point at its own endpoints, one each, and
+// that there is no sixth slot. SVCPLANE_VERIFY_SERVICES sets the size (default 1000; make bench
 // runs 50000).
 func TestFullSyncHoldsEveryElement(t *testing.T) {
 	n := 1000
@@ -89,15 +89,15 @@ func TestFullSyncHoldsEveryElement(t *testing.T) {
 	if err := c.SetReadBuffer(64 << 20); err != nil {
 		t.Fatal(err)
 	}
-	var clusterIPs, fronts, bucketKeys [][]byte
+	var clusterIPs, fronts, slotKeys [][]byte
 	for i := range st.Ports {
 		p := &st.Ports[i]
 		cip := p.ClusterIPs[0]
 		front := frontendKey(cip, p.Protocol, p.Port)
 		clusterIPs = append(clusterIPs, cip.AsSlice())
 		fronts = append(fronts, front)
-		for b := range uint32(buckets) {
-			bucketKeys = append(bucketKeys, bucketKey(front, b))
+		for b := range uint32(e) {
+			slotKeys = append(slotKeys, bucketKey(front, b))
 		}
 	}
 	hairpins := map[string]bool{}
@@ -122,35 +122,38 @@ func TestFullSyncHoldsEveryElement(t *testing.T) {
 	check(setClusterIPs, clusterIPs)
 	check(setServiceIPs, fronts)
 	check(setHairpin, hairpinKeys)
-	vals := check(setEndpoints, bucketKeys)
+	vals := check(setEndpoints, slotKeys)
 	for i := range st.Ports {
 		own := map[string]int{}
 		for _, ep := range st.Ports[i].Endpoints {
 			own[string(addrPort(ep.AddrPort()))] = 0
 		}
-		for _, v := range vals[i*buckets : (i+1)*buckets] {
+		for _, v := range vals[i*e : (i+1)*e] {
 			k, ok := own[string(v)]
 			if !ok {
-				t.Fatalf("port %d: a bucket points at %x, not one of its endpoints", i, v)
+				t.Fatalf("port %d: a slot points at %x, not one of its endpoints", i, v)
 			}
 			own[string(v)] = k + 1
 		}
 		for ep, k := range own {
-			if k < buckets/e || k > buckets/e+1 {
-				t.Fatalf("port %d: endpoint %x has %d buckets, want %d or %d", i, ep, k, buckets/e, buckets/e+1)
+			if k != 1 {
+				t.Fatalf("port %d: endpoint %x has %d slots, want 1", i, ep, k)
 			}
 		}
 	}
-	t.Logf("the kernel holds all %d cluster IPs, %d frontends, %d hairpin pairs and %d buckets",
-		len(clusterIPs), len(fronts), len(hairpinKeys), len(bucketKeys))
+	if _, err := getElements(c, d.cfg.Table, d.sets[sid(v4, setEndpoints)].Name, [][]byte{bucketKey(fronts[0], e)}); err == nil {
+		t.Fatalf("port 0 has a slot %d, want only %d slots", e, e)
+	}
+	t.Logf("the kernel holds all %d cluster IPs, %d frontends, %d hairpin pairs and %d endpoint slots",
+		len(clusterIPs), len(fronts), len(hairpinKeys), len(slotKeys))
 	if n <= 1000 {
 		// Small enough to dump: nothing else is there either.
 		elems, err := d.conn.GetSetElements(d.sets[sid(v4, setEndpoints)])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(elems) != len(bucketKeys) {
-			t.Fatalf("endpoints-v4 holds %d elements, want %d", len(elems), len(bucketKeys))
+		if len(elems) != len(slotKeys) {
+			t.Fatalf("endpoints-v4 holds %d elements, want %d", len(elems), len(slotKeys))
 		}
 	}
 }

@@ -39,15 +39,19 @@
 //     traffic policy, nodeports-cluster and nodeports-local the NodePorts
 //     (protocol . port). Each element's comment names the service port
 //     (namespace/name:port).
-//   - endpoints-v4 / -v6 maps (frontend . bucket) to an endpoint (address .
+//   - endpoints-v4 / -v6 maps (frontend . slot) to an endpoint (address .
 //     port); local-endpoints, nodeport-endpoints and nodeport-local-endpoints
-//     do the same for the other paths. Every frontend has 64 buckets; a
-//     packet picks one with numgen random mod 64 and is DNATed to that
-//     bucket's endpoint. Each endpoint owns an equal share of the buckets
-//     (to within one), and a change of one endpoint rewrites only the
-//     buckets that change hands. Weights therefore come in steps of 1/64,
-//     and a frontend with more than 64 endpoints sends traffic to 64 of
-//     them only (the ipvs backend has no such limit).
+//     do the same for the other paths. A frontend has one slot per
+//     endpoint, numbered from 0; a frontend with slot 0 is sent to the
+//     map's pick chain (pick-endpoints-v4 and so on), whose rule n matches
+//     a frontend without a slot n and DNATs to slot "numgen random mod n".
+//     So a service costs one element per endpoint, new connections are
+//     spread evenly, and a change of one endpoint rewrites one or two
+//     slots. A frontend with ClientIP affinity always has 64 slots, shared
+//     evenly (to within one) and moved as little as possible when
+//     endpoints change, since its clients are remembered by slot. A
+//     frontend with more than 64 endpoints sends traffic to 64 of them
+//     only (the ipvs backend has no such limit).
 //   - cluster-ips, no-endpoints, no-local-endpoints and
 //     no-endpoint-nodeports decide rejects and drops after DNAT: what is
 //     still addressed to a frontend found no endpoint.
@@ -68,7 +72,7 @@
 // A new Dataplane adopts a table its predecessor left when the table's
 // rules are exactly the ones it would write: its first Sync reads the
 // elements once and sends only differences, so open connections and
-// bucket assignments are undisturbed. A table written for another
+// slot assignments are undisturbed. A table written for another
 // configuration is rebuilt in one batch. Each Sync reads the nftables
 // generation and, when another program has committed since, checks that
 // the table's chains, rules and sets are intact, rebuilding it if not.

@@ -68,7 +68,7 @@ func ExampleDataplane_Plan() {
 }
 
 // Show reads back what the table forwards: service ports, their
-// frontends, and each endpoint's share of the 64 buckets.
+// frontends, and each endpoint's share of the frontend's slots.
 func ExampleDataplane_Show() {
 	dp, err := nft.New(nft.Config{NetNS: "/run/netns/node-a"})
 	if err != nil {
@@ -88,13 +88,13 @@ func ExampleDataplane_Show() {
 		for _, f := range p.Frontends {
 			fmt.Println("  ", f.Kind, f)
 			for _, s := range f.Endpoints {
-				fmt.Printf("     → %s %d/%d\n", s.Endpoint, s.Buckets, s.Of)
+				fmt.Printf("     → %s %d/%d\n", s.Endpoint, s.Slots, s.Of)
 			}
 		}
 	}
 	// default/svc-web:http
 	//    cluster IP 198.19.0.10:80/TCP
-	//      → 198.18.1.10:8080 22/64
-	//      → 198.18.1.11:8080 21/64
-	//      → 198.18.2.10:8080 21/64
+	//      → 198.18.1.10:8080 1/3
+	//      → 198.18.1.11:8080 1/3
+	//      → 198.18.2.10:8080 1/3
 }

@@ -15,7 +15,7 @@ import (
 )
 
 // FuzzDiff drives the diff engine (the element store of store.go and the
-// bucket assignment of services.go) through random sequences of States,
+// slot assignment of services.go) through random sequences of States,
 // in memory, without the kernel. After each State it applies the pending
 // changes to a model of the kernel that refuses what nf_tables refuses
 // (deleting a missing element, adding over an existing key, overlapping
@@ -26,13 +26,14 @@ import (
 //     equals what the services want; a second pass of the same State
 //     sends nothing;
 //   - the endpoint maps hold, for exactly the frontends an independent
-//     reading of the State gives, 64 buckets each, every endpoint
-//     holding its share (64/n, or one more for the first 64%n) and none
-//     other;
-//   - a change moves no more buckets than must change hands;
+//     reading of the State gives, slots 0 to S-1 and no others (S: one
+//     per endpoint up to 64, or 64 for a port with ClientIP affinity),
+//     every endpoint holding its share (S/n, or one more for the first
+//     S%n) and none other;
+//   - a change moves no more slots than must change hands;
 //   - every load-balancer frontend's allowed sources are exactly the
 //     union of its source ranges;
-//   - the result equals, bucket placement aside, a fresh Dataplane's
+//   - the result equals, slot placement aside, a fresh Dataplane's
 //     for the same State.
 //
 // The model mirrors the in-memory half of Dataplane.prepare (fzSync);
@@ -52,11 +53,11 @@ func FuzzDiff(f *testing.F) {
 			if st.Validate() != nil {
 				continue // Sync refuses it before touching anything
 			}
-			before := fzBucketOwners(d)
+			before := fzSlotOwners(d)
 			fzSync(d, st)
 			k.apply(t, d)
 			fzCheckStore(t, d, k)
-			fzCheckBuckets(t, d, st, k, before)
+			fzCheckSlots(t, d, st, before)
 			fzCheckFirewall(t, d, st, k)
 			// Idempotent: the same State again sends nothing.
 			fzSync(d, st)
@@ -66,7 +67,7 @@ func FuzzDiff(f *testing.F) {
 			if add, del := d.affinityChanges(false); len(add)+len(del) != 0 {
 				t.Fatalf("a second pass of the same State changes affinity timeouts %v, %v", add, del)
 			}
-			// History-independent, bucket placement aside.
+			// History-independent, slot placement aside.
 			fresh := fzDataplane()
 			fzSync(fresh, st)
 			fk := newFzKernel()
@@ -242,24 +243,27 @@ type fzFront struct {
 	key string
 }
 
-// fzBucketOwners returns, per frontend of the endpoint maps, the endpoint
-// of each bucket, as applied.
-func fzBucketOwners(d *Dataplane) map[fzFront][buckets]string {
-	out := map[fzFront][buckets]string{}
+// fzSlotOwners returns, per frontend of the endpoint maps, the endpoint
+// of each slot, as applied ("" for a missing slot).
+func fzSlotOwners(d *Dataplane) map[fzFront][]string {
+	out := map[fzFront][]string{}
 	for key, v := range d.st.applied {
-		if !fzBucketMap(key.set) {
+		if !fzSlotMap(key.set) {
 			continue
 		}
 		f := fzFront{key.set, key.key[:len(key.key)-4]}
-		b := binaryutil.NativeEndian.Uint32([]byte(key.key[len(key.key)-4:]))
+		b := int(binaryutil.NativeEndian.Uint32([]byte(key.key[len(key.key)-4:])))
 		arr := out[f]
+		for len(arr) <= b {
+			arr = append(arr, "")
+		}
 		arr[b] = v.val
 		out[f] = arr
 	}
 	return out
 }
 
-func fzBucketMap(s setID) bool {
+func fzSlotMap(s setID) bool {
 	switch s % setsPerFamily {
 	case setEndpoints, setLocalEndpoints, setNodePortEndpoints, setNodePortLocalEps:
 		return true
@@ -267,11 +271,19 @@ func fzBucketMap(s setID) bool {
 	return false
 }
 
-// fzExpectedBuckets reads, independently of services.go, which endpoint
-// maps a State fills: per frontend, the endpoints that share its
-// buckets, in order.
-func fzExpectedBuckets(d *Dataplane, st *dataplane.State) map[fzFront][]netip.AddrPort {
-	out := map[fzFront][]netip.AddrPort{}
+// fzSlots is what one frontend of an endpoint map should hold: its
+// endpoints, in order, over how many slots.
+type fzSlots struct {
+	eps   []netip.AddrPort
+	slots int
+}
+
+// fzExpectedSlots reads, independently of services.go, which endpoint
+// maps a State fills: per frontend, the endpoints that share its slots,
+// in order, and how many slots: one per endpoint up to 64, or 64 with
+// ClientIP affinity.
+func fzExpectedSlots(d *Dataplane, st *dataplane.State) map[fzFront]fzSlots {
+	out := map[fzFront]fzSlots{}
 	fam := func(a netip.Addr) int {
 		if a.Is4() {
 			return v4
@@ -287,13 +299,18 @@ func fzExpectedBuckets(d *Dataplane, st *dataplane.State) map[fzFront][]netip.Ad
 		}
 		return l
 	}
-	put := func(f int, s setID, key []byte, eps []netip.AddrPort) {
-		if len(eps) > 0 {
-			out[fzFront{sid(f, s), string(key)}] = eps
-		}
-	}
 	for i := range st.Ports {
 		p := &st.Ports[i]
+		put := func(f int, s setID, key []byte, eps []netip.AddrPort) {
+			if len(eps) == 0 {
+				return
+			}
+			n := min(len(eps), 64)
+			if p.Affinity > 0 {
+				n = 64
+			}
+			out[fzFront{sid(f, s), string(key)}] = fzSlots{eps, n}
+		}
 		cat := dataplane.Categorize(p, &d.cfg.Node)
 		external := p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0
 		for _, cip := range p.ClusterIPs {
@@ -321,68 +338,70 @@ func fzExpectedBuckets(d *Dataplane, st *dataplane.State) map[fzFront][]netip.Ad
 	return out
 }
 
-// fzCheckBuckets: the endpoint maps hold exactly the expected frontends,
-// 64 buckets each, shared as assign promises, and no more buckets moved
-// than had to.
-func fzCheckBuckets(t *testing.T, d *Dataplane, st *dataplane.State, k *fzKernel, before map[fzFront][buckets]string) {
+// fzCheckSlots: the endpoint maps hold exactly the expected frontends,
+// each with its slots and no more, shared as assign promises, and no
+// more slots moved than had to.
+func fzCheckSlots(t *testing.T, d *Dataplane, st *dataplane.State, before map[fzFront][]string) {
 	t.Helper()
-	want := fzExpectedBuckets(d, st)
-	got := fzBucketOwners(d)
-	for f, eps := range want {
+	want := fzExpectedSlots(d, st)
+	got := fzSlotOwners(d)
+	for f, w := range want {
 		arr, ok := got[f]
 		if !ok {
-			t.Fatalf("%s has no buckets for fzFront %x; want them shared by %v", d.sets[f.set].Name, f.key, eps)
+			t.Fatalf("%s has no slots for fzFront %x; want %d shared by %v", d.sets[f.set].Name, f.key, w.slots, w.eps)
+		}
+		if len(arr) != w.slots {
+			t.Fatalf("%s fzFront %x: slots up to %d, want %d for %v", d.sets[f.set].Name, f.key, len(arr)-1, w.slots, w.eps)
 		}
 		count := map[string]int{}
 		for b, v := range arr {
 			if v == "" {
-				t.Fatalf("%s fzFront %x: bucket %d is missing", d.sets[f.set].Name, f.key, b)
+				t.Fatalf("%s fzFront %x: slot %d is missing", d.sets[f.set].Name, f.key, b)
 			}
 			count[v]++
 		}
-		n := len(eps)
-		for i, ep := range eps {
-			share := buckets / n
-			if i < buckets%n {
-				share++
+		n := len(w.eps)
+		share := func(i int) int {
+			s := w.slots / n
+			if i < w.slots%n {
+				s++
 			}
-			if c := count[string(addrPort(ep))]; c != share {
-				t.Fatalf("%s fzFront %x: endpoint %d of %d (%s) holds %d buckets, want %d", d.sets[f.set].Name, f.key, i, n, ep, c, share)
+			return s
+		}
+		for i, ep := range w.eps {
+			if c := count[string(addrPort(ep))]; c != share(i) {
+				t.Fatalf("%s fzFront %x: endpoint %d of %d (%s) holds %d slots, want %d", d.sets[f.set].Name, f.key, i, n, ep, c, share(i))
 			}
 			delete(count, string(addrPort(ep)))
 		}
 		if len(count) != 0 {
-			t.Fatalf("%s fzFront %x: buckets held by endpoints not in %v: %x", d.sets[f.set].Name, f.key, eps, count)
+			t.Fatalf("%s fzFront %x: slots held by endpoints not in %v: %x", d.sets[f.set].Name, f.key, w.eps, count)
 		}
-		// Stability: a bucket keeps its endpoint when that endpoint
-		// stays and still has room.
+		// Stability: a slot that remains keeps its endpoint when that
+		// endpoint stays and still has room.
 		if prev, ok := before[f]; ok {
 			pc := map[string]int{}
-			for _, v := range prev {
+			for _, v := range prev[:min(len(prev), w.slots)] {
 				pc[v]++
 			}
 			keep := 0
-			for i, ep := range eps {
-				share := buckets / n
-				if i < buckets%n {
-					share++
-				}
-				keep += min(pc[string(addrPort(ep))], share)
+			for i, ep := range w.eps {
+				keep += min(pc[string(addrPort(ep))], share(i))
 			}
 			moved := 0
 			for b := range arr {
-				if arr[b] != prev[b] {
+				if b >= len(prev) || arr[b] != prev[b] {
 					moved++
 				}
 			}
-			if moved > buckets-keep {
-				t.Fatalf("%s fzFront %x: %d buckets moved, but only %d had to", d.sets[f.set].Name, f.key, moved, buckets-keep)
+			if moved > w.slots-keep {
+				t.Fatalf("%s fzFront %x: %d slots moved, but only %d had to", d.sets[f.set].Name, f.key, moved, w.slots-keep)
 			}
 		}
 	}
 	for f := range got {
 		if _, ok := want[f]; !ok {
-			t.Fatalf("%s holds buckets for fzFront %x, which the State does not forward there", d.sets[f.set].Name, f.key)
+			t.Fatalf("%s holds slots for fzFront %x, which the State does not forward there", d.sets[f.set].Name, f.key)
 		}
 	}
 }
@@ -458,14 +477,14 @@ func fzCheckFirewall(t *testing.T, d *Dataplane, st *dataplane.State, k *fzKerne
 	}
 }
 
-// normalised describes the kernel model with each frontend's buckets
+// normalised describes the kernel model with each frontend's slots
 // summarised as how many each endpoint holds.
 func (k *fzKernel) normalised(d *Dataplane) []string {
 	var out []string
 	counts := map[string]int{}
 	for key, v := range k.elems {
 		name := d.sets[key.set].Name
-		if fzBucketMap(key.set) {
+		if fzSlotMap(key.set) {
 			counts[fmt.Sprintf("%s %x → %x", name, key.key[:len(key.key)-4], v.val)]++
 			continue
 		}

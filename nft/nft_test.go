@@ -86,6 +86,9 @@ func TestRulesetReadable(t *testing.T) {
 		`198.19.0.1 . tcp . 80 comment "default/svc-1:http"`,
 		`2001:db8:ffff::1 . tcp . 80 comment "default/svc-1:http"`,
 		`dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 64 map @endpoints-v4`,
+		`ip daddr . meta l4proto . th dport . numgen random mod 1 @endpoints-v4 jump pick-endpoints-v4`,
+		`chain pick-nodeport-local-endpoints-v6 {`,
+		`ip6 daddr . meta l4proto . th dport . numgen random mod 1 offset 3 != @endpoints-v6 dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 3 map @endpoints-v6`,
 		`198.19.0.1 . tcp . 80 . 0x0000003f : 198.18.1.12 . 8080`,
 		`firewall-allow-v4`,
 		`203.0.113.6 . tcp . 80 . 192.0.2.0/25`,
@@ -100,7 +103,7 @@ func TestRulesetReadable(t *testing.T) {
 }
 
 // Later Syncs send only what changed: nothing for an equal State, a few
-// buckets for one endpoint, however many services there are.
+// slots for one endpoint, however many services there are.
 func TestSyncSendsOnlyChanges(t *testing.T) {
 	ns := newTestNS(t)
 	d := newDP(t, ns)
@@ -118,21 +121,23 @@ func TestSyncSendsOnlyChanges(t *testing.T) {
 	if d.lastElems != 0 {
 		t.Fatalf("an unchanged State sent %d element changes, want 0", d.lastElems)
 	}
-	// Remove one IPv4 endpoint of one service: its ~21 buckets move
-	// (delete + add each) and its hairpin pair stays (others share it).
+	// Remove the first IPv4 endpoint of one service: its slot takes the
+	// last slot's endpoint (delete + add) and the last slot goes; its
+	// hairpin pair stays (others share it).
 	st.Ports[7].Endpoints = st.Ports[7].Endpoints[1:]
 	if err := d.Sync(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	if d.lastElems == 0 || d.lastElems > 2*22 {
-		t.Fatalf("one endpoint removal sent %d element changes, want 1 to %d", d.lastElems, 2*22)
+	if d.lastElems != 3 {
+		t.Fatalf("one endpoint removal sent %d element changes, want 3", d.lastElems)
 	}
-	// Remove a whole service: its 2 frontends, 128 buckets, 2 cluster IPs.
+	// Remove a whole service: its 2 frontends, 6 slots (3 endpoints per
+	// family), 2 cluster IPs.
 	st.Ports = append(st.Ports[:3], st.Ports[4:]...)
 	if err := d.Sync(ctx, st); err != nil {
 		t.Fatal(err)
 	}
-	if want := 2 + 128 + 2; d.lastElems != want {
+	if want := 2 + 6 + 2; d.lastElems != want {
 		t.Fatalf("removing a service sent %d element changes, want %d", d.lastElems, want)
 	}
 }

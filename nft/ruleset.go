@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"fmt"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -22,14 +24,14 @@ type setID uint8
 const (
 	setClusterIPs          setID = iota // every cluster IP
 	setServiceIPs                       // cluster-IP frontends with endpoints
-	setEndpoints                        // frontend . bucket → endpoint (internal/Cluster)
+	setEndpoints                        // frontend . slot → endpoint (internal/Cluster)
 	setExternalCluster                  // external/LB frontends, Cluster policy
 	setExternalLocal                    // external/LB frontends, Local policy
-	setLocalEndpoints                   // frontend . bucket → local endpoint
+	setLocalEndpoints                   // frontend . slot → local endpoint
 	setNodePortsCluster                 // NodePorts (proto . port), Cluster policy
 	setNodePortsLocal                   // NodePorts, Local policy
-	setNodePortEndpoints                // proto . port . bucket → endpoint
-	setNodePortLocalEps                 // proto . port . bucket → local endpoint
+	setNodePortEndpoints                // proto . port . slot → endpoint
+	setNodePortLocalEps                 // proto . port . slot → local endpoint
 	setNoEndpoints                      // frontends with no endpoints: reject
 	setNoLocalEndpoints                 // frontends with no usable local endpoints: drop
 	setNoEndpointNodePorts              // NodePorts with no endpoints: reject
@@ -43,9 +45,16 @@ const (
 
 func sid(f int, s setID) setID { return setID(f)*setsPerFamily + s }
 
-// buckets is how many endpoint slots each frontend has. Endpoints share
-// them evenly, so weights come in steps of 1/buckets.
+// buckets is the most endpoint slots a frontend has. A frontend has one
+// slot per endpoint, up to buckets; a frontend with ClientIP affinity
+// always has buckets slots, since its clients are remembered by slot.
 const buckets = 64
+
+// pickMaps are the endpoint maps, frontend . slot → endpoint. Each has a
+// pick chain per family that DNATs to one of a frontend's slots.
+var pickMaps = [...]setID{setEndpoints, setLocalEndpoints, setNodePortEndpoints, setNodePortLocalEps}
+
+func isNodePortMap(m setID) bool { return m == setNodePortEndpoints || m == setNodePortLocalEps }
 
 // Registers: keys are loaded from reg0 on, one 32-bit register per field
 // so that concatenations line up; scratch is for tests that must not
@@ -75,14 +84,14 @@ func newSets(t *nftables.Table) []*nftables.Set {
 		sets := make([]*nftables.Set, setsPerFamily)
 		sets[setClusterIPs] = set("cluster-ips", addr[f], "cluster IPs: a new connection still addressed to one after DNAT is rejected")
 		sets[setServiceIPs] = set("service-ips", front, "cluster IP frontends (address . protocol . port) with endpoints; comments name the service port")
-		sets[setEndpoints] = epMap("endpoints", frontBucket, "frontend . bucket (0-63) to endpoint, for cluster IPs and for external IPs under the Cluster policy or from pods and the node")
+		sets[setEndpoints] = epMap("endpoints", frontBucket, "frontend . slot to endpoint, for cluster IPs and for external IPs under the Cluster policy or from pods and the node; a frontend has one slot per endpoint (64 with ClientIP affinity)")
 		sets[setExternalCluster] = set("external-cluster", front, "external and load-balancer IP frontends, externalTrafficPolicy Cluster: always masqueraded")
 		sets[setExternalLocal] = set("external-local", front, "external and load-balancer IP frontends, externalTrafficPolicy Local: outside clients keep their address and reach local endpoints only")
-		sets[setLocalEndpoints] = epMap("local-endpoints", frontBucket, "frontend . bucket (0-63) to a local endpoint, for externalTrafficPolicy Local")
+		sets[setLocalEndpoints] = epMap("local-endpoints", frontBucket, "frontend . slot to a local endpoint, for externalTrafficPolicy Local")
 		sets[setNodePortsCluster] = set("nodeports-cluster", nodePort, "NodePorts (protocol . port), externalTrafficPolicy Cluster")
 		sets[setNodePortsLocal] = set("nodeports-local", nodePort, "NodePorts (protocol . port), externalTrafficPolicy Local")
-		sets[setNodePortEndpoints] = epMap("nodeport-endpoints", nodePortBucket, "NodePort . bucket (0-63) to endpoint")
-		sets[setNodePortLocalEps] = epMap("nodeport-local-endpoints", nodePortBucket, "NodePort . bucket (0-63) to a local endpoint, for externalTrafficPolicy Local")
+		sets[setNodePortEndpoints] = epMap("nodeport-endpoints", nodePortBucket, "NodePort . slot to endpoint")
+		sets[setNodePortLocalEps] = epMap("nodeport-local-endpoints", nodePortBucket, "NodePort . slot to a local endpoint, for externalTrafficPolicy Local")
 		sets[setNoEndpoints] = set("no-endpoints", front, "frontends of services without endpoints: rejected")
 		sets[setNoLocalEndpoints] = set("no-local-endpoints", front, "cluster IP frontends with internalTrafficPolicy Local and no local endpoint: dropped")
 		sets[setNoEndpointNodePorts] = set("no-endpoint-nodeports", nodePort, "NodePorts of services without endpoints: rejected")
@@ -104,11 +113,28 @@ func newSets(t *nftables.Table) []*nftables.Set {
 }
 
 // chains of the table. Base chains hook into netfilter; services is
-// jumped to from both DNAT hooks.
+// jumped to from both DNAT hooks, and jumps to a pick chain to DNAT.
 type chains struct {
 	natPrerouting, natOutput, services, natPostrouting *nftables.Chain
 	filterPrerouting, filterOutput                     *nftables.Chain
 	filterInput, filterForward, filterOutputPostDNAT   *nftables.Chain
+	// pick holds, per family and endpoint map (pickMaps order), the
+	// chain that picks one of a frontend's slots.
+	pick [2][len(pickMaps)]*nftables.Chain
+}
+
+// pickChainName is the pick chain of endpoint map m in family f:
+// pick-endpoints-v4 for endpoints-v4.
+func pickChainName(f int, m setID) string {
+	return "pick-" + setBaseNames[m] + famSuffix[f]
+}
+
+// setBaseNames are the names of the endpoint maps, without family.
+var setBaseNames = map[setID]string{
+	setEndpoints:         "endpoints",
+	setLocalEndpoints:    "local-endpoints",
+	setNodePortEndpoints: "nodeport-endpoints",
+	setNodePortLocalEps:  "nodeport-local-endpoints",
 }
 
 func newChains(t *nftables.Table) chains {
@@ -117,7 +143,7 @@ func newChains(t *nftables.Table) chains {
 	base := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, p int32) *nftables.Chain {
 		return &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio(p), Policy: &accept}
 	}
-	return chains{
+	c := chains{
 		natPrerouting:  base("nat-prerouting", nftables.ChainTypeNAT, nftables.ChainHookPrerouting, -100),
 		natOutput:      base("nat-output", nftables.ChainTypeNAT, nftables.ChainHookOutput, -100),
 		services:       &nftables.Chain{Name: "services", Table: t},
@@ -131,11 +157,31 @@ func newChains(t *nftables.Table) chains {
 		filterForward:        base("filter-forward", nftables.ChainTypeFilter, nftables.ChainHookForward, -110),
 		filterOutputPostDNAT: base("filter-output-post-dnat", nftables.ChainTypeFilter, nftables.ChainHookOutput, -90),
 	}
+	for f := v4; f <= v6; f++ {
+		for i, m := range pickMaps {
+			c.pick[f][i] = &nftables.Chain{Name: pickChainName(f, m), Table: t}
+		}
+	}
+	return c
 }
 
 func (c chains) all() []*nftables.Chain {
-	return []*nftables.Chain{c.natPrerouting, c.natOutput, c.services, c.natPostrouting,
+	out := []*nftables.Chain{c.natPrerouting, c.natOutput, c.services, c.natPostrouting,
 		c.filterPrerouting, c.filterOutput, c.filterInput, c.filterForward, c.filterOutputPostDNAT}
+	for f := range c.pick {
+		out = append(out, c.pick[f][:]...)
+	}
+	return out
+}
+
+// pickChain returns the pick chain of endpoint map m in family f.
+func (c chains) pickChain(f int, m setID) *nftables.Chain {
+	for i, pm := range pickMaps {
+		if pm == m {
+			return c.pick[f][i]
+		}
+	}
+	panic("nft: no pick chain for set " + setBaseNames[m])
 }
 
 // rule is a rule with its comment.
@@ -244,15 +290,52 @@ func (d *Dataplane) lookup(f int, s setID, sreg uint32, invert bool) *expr.Looku
 	return &expr.Lookup{SourceRegister: sreg, SetName: set.Name, SetID: set.ID, Invert: invert}
 }
 
-// dnat looks key (from reg0) up in an endpoint map with a random bucket
-// appended at next, and DNATs to the result.
-func (d *Dataplane) dnat(f int, m setID, next uint32) exprs {
+// slot appends slot number k to a key ending at next. nft accepts no
+// constant inside a concatenation, so it is written as a numgen whose
+// only value is k: "numgen random mod 1 offset k", which nft prints.
+func slot(next, k uint32) *expr.Numgen {
+	return &expr.Numgen{Register: next, Modulus: 1, Offset: k, Type: unix.NFT_NG_RANDOM}
+}
+
+// toPick jumps to the pick chain of endpoint map m when the key in reg0
+// (ending at next) has endpoints there, that is, a slot 0.
+func (d *Dataplane) toPick(c chains, f int, m setID, next uint32) exprs {
 	set := d.sets[sid(f, m)]
 	return exprs{
-		&expr.Numgen{Register: next, Modulus: buckets, Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(nfproto[f]), RegAddrMin: reg0, RegProtoMin: reg0 + regsFor(addrLen[f])},
+		slot(next, 0),
+		&expr.Lookup{SourceRegister: reg0, SetName: set.Name, SetID: set.ID},
+		&expr.Verdict{Kind: expr.VerdictJump, Chain: c.pickChain(f, m).Name},
 	}
+}
+
+// pickRules are the rules of endpoint map m's pick chain in family f. A
+// frontend has slots 0 to n-1; rule n matches when slot n is missing
+// (the first that matches ends the chain) and DNATs to slot "numgen
+// random mod n". So a new connection to a frontend with n endpoints
+// costs n lookups, and no rule or chain is per service.
+func (d *Dataplane) pickRules(c chains, f int, m setID) []rule {
+	ch := c.pickChain(f, m)
+	set := d.sets[sid(f, m)]
+	key, next := loadFrontend(f)
+	if isNodePortMap(m) {
+		key, next = loadNodePort()
+	}
+	var rs []rule
+	for n := uint32(1); n <= buckets; n++ {
+		e := matchFamily(f).add(key...)
+		comment := fmt.Sprintf("%s frontends with %d endpoint slots: DNAT to one at random", famSuffix[f][1:], n)
+		if n < buckets {
+			e = e.add(slot(next, n), &expr.Lookup{SourceRegister: reg0, SetName: set.Name, SetID: set.ID, Invert: true})
+		} else {
+			comment = fmt.Sprintf("%s frontends with %d endpoint slots (the most): DNAT to one at random", famSuffix[f][1:], n)
+		}
+		rs = append(rs, rule{ch, comment, e.add(
+			&expr.Numgen{Register: next, Modulus: n, Type: unix.NFT_NG_RANDOM},
+			&expr.Lookup{SourceRegister: reg0, DestRegister: reg0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
+			&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(nfproto[f]), RegAddrMin: reg0, RegProtoMin: reg0 + regsFor(addrLen[f])},
+		)})
+	}
+	return rs
 }
 
 func (d *Dataplane) markMasq() exprs {
@@ -347,19 +430,22 @@ func (d *Dataplane) rules(c chains) []rule {
 		// DNAT (the first that matches ends the chain).
 		outsideLocal := matchFamily(f).add(d.fromOutside(f)...).add(front...).add(d.lookup(f, setExternalLocal, reg0, false))
 		add(c.services, "DNAT "+fam+" outside traffic to external IPs with externalTrafficPolicy Local to a local endpoint",
-			outsideLocal.add(d.dnat(f, setLocalEndpoints, next)...))
+			outsideLocal.add(d.toPick(c, f, setLocalEndpoints, next)...))
 		add(c.services, "drop "+fam+" outside traffic to external IPs with externalTrafficPolicy Local when no endpoint is local",
 			slicesClone(outsideLocal).add(&expr.Verdict{Kind: expr.VerdictDrop}))
-		add(c.services, "DNAT "+fam+" service traffic to a random endpoint bucket",
-			matchFamily(f).add(front...).add(d.dnat(f, setEndpoints, next)...))
+		add(c.services, "DNAT "+fam+" service traffic to a random endpoint",
+			matchFamily(f).add(front...).add(d.toPick(c, f, setEndpoints, next)...))
 		for _, where := range d.nodePortAddrs(f) {
 			npLocal := matchFamily(f).add(where...).add(d.fromOutside(f)...).add(np...).add(d.lookup(f, setNodePortsLocal, reg0, false))
 			add(c.services, "DNAT "+fam+" outside NodePort traffic with externalTrafficPolicy Local to a local endpoint",
-				npLocal.add(d.dnat(f, setNodePortLocalEps, npNext)...))
+				npLocal.add(d.toPick(c, f, setNodePortLocalEps, npNext)...))
 			add(c.services, "drop "+fam+" outside NodePort traffic with externalTrafficPolicy Local when no endpoint is local",
 				slicesClone(npLocal).add(&expr.Verdict{Kind: expr.VerdictDrop}))
-			add(c.services, "DNAT "+fam+" NodePort traffic to a random endpoint bucket",
-				matchFamily(f).add(where...).add(np...).add(d.dnat(f, setNodePortEndpoints, npNext)...))
+			add(c.services, "DNAT "+fam+" NodePort traffic to a random endpoint",
+				matchFamily(f).add(where...).add(np...).add(d.toPick(c, f, setNodePortEndpoints, npNext)...))
+		}
+		for _, m := range pickMaps {
+			rs = append(rs, d.pickRules(c, f, m)...)
 		}
 
 		// Hairpin: an endpoint reaching itself through a service.

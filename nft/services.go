@@ -29,13 +29,13 @@ type svcState struct {
 	groups []*group
 }
 
-// group is one endpoint list spread over the buckets; every frontend that
-// forwards to the list gets the same bucket assignment.
+// group is one endpoint list spread over its frontends' slots; every
+// frontend that forwards to the list gets the same slot assignment.
 type group struct {
-	fam     int
-	role    role
-	eps     []netip.AddrPort // index → endpoint
-	buckets [buckets]uint8   // bucket → index into eps (below 64)
+	fam   int
+	role  role
+	eps   []netip.AddrPort // index → endpoint
+	slots []uint8          // slot → index into eps; at most buckets slots
 }
 
 func famOf(a netip.Addr) int {
@@ -45,30 +45,44 @@ func famOf(a netip.Addr) int {
 	return v6
 }
 
-// assign spreads eps over the buckets, keeping as many buckets as it can
-// where prev had them so that a change of one endpoint rewrites few
-// elements. Each endpoint gets buckets/len(eps) buckets, or one more.
-func assign(prev *group, eps []netip.AddrPort) (out [buckets]uint8) {
-	n := len(eps)
-	if n == 0 {
-		return out
+// slotCount is how many slots a group of n endpoints has: one per
+// endpoint, up to buckets, or buckets for a port with ClientIP affinity,
+// whose clients are remembered by slot (affinity.go).
+func slotCount(n int, affinity bool) int {
+	switch {
+	case n == 0:
+		return 0
+	case affinity || n > buckets:
+		return buckets
 	}
-	index := make(map[netip.AddrPort]int, n)
+	return n
+}
+
+// assign spreads eps over n slots, keeping every slot it can where prev
+// had it so that a change of one endpoint rewrites few elements. Each
+// endpoint gets n/len(eps) slots, or one more; with more endpoints than
+// slots, the first n get one each.
+func assign(prev *group, eps []netip.AddrPort, n int) []uint8 {
+	out := make([]uint8, n)
+	if len(eps) == 0 || n == 0 {
+		return out[:0]
+	}
+	index := make(map[netip.AddrPort]int, len(eps))
 	for i, e := range eps {
 		index[e] = i
 	}
-	quota := make([]int, n)
+	quota := make([]int, len(eps))
 	for i := range quota {
-		quota[i] = buckets / n
-		if i < buckets%n {
+		quota[i] = n / len(eps)
+		if i < n%len(eps) {
 			quota[i]++
 		}
 	}
-	count := make([]int, n)
+	count := make([]int, len(eps))
 	var spare []int
 	for b := range out {
-		if prev != nil && len(prev.eps) > 0 {
-			if i, ok := index[prev.eps[prev.buckets[b]]]; ok && count[i] < quota[i] {
+		if prev != nil && b < len(prev.slots) {
+			if i, ok := index[prev.eps[prev.slots[b]]]; ok && count[i] < quota[i] {
 				out[b] = uint8(i)
 				count[i]++
 				continue
@@ -104,7 +118,7 @@ type plan struct {
 }
 
 // planPort computes p's endpoint groups for each family it has a cluster
-// IP of, reusing old's bucket assignments.
+// IP of, reusing old's slot assignments.
 func (d *Dataplane) planPort(old *svcState, p *dataplane.ServicePort) plan {
 	cat := dataplane.Categorize(p, &d.cfg.Node)
 	lists := map[role][]dataplane.Endpoint{roleInternal: cat.Internal(p)}
@@ -136,14 +150,14 @@ func (d *Dataplane) planPort(old *svcState, p *dataplane.ServicePort) plan {
 			} else if d.adopted {
 				prev = d.adoptedGroup(p, f, r)
 			}
-			g.buckets = assign(prev, g.eps)
+			g.slots = assign(prev, g.eps, slotCount(len(g.eps), p.Affinity > 0))
 			out.groups = append(out.groups, g)
 		}
 	}
 	return out
 }
 
-// adoptedGroup returns the bucket assignment an adopted table holds for
+// adoptedGroup returns the slot assignment an adopted table holds for
 // p's role r in family f, or nil.
 func (d *Dataplane) adoptedGroup(p *dataplane.ServicePort, f int, r role) *group {
 	for _, cip := range p.ClusterIPs {
@@ -178,11 +192,11 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 	el := func(f int, s setID, key []byte, v elemVal) {
 		out = append(out, element{elemKey{sid(f, s), string(key)}, v})
 	}
-	// Each group's endpoints, encoded once for all its buckets.
+	// Each group's endpoints, encoded once for all its slots.
 	vals := make(map[*group][]string, len(pl.groups))
-	// buckets adds the 64 elements of key's buckets in map s. Their keys
-	// share one string: 64 allocations fewer per frontend.
-	bucketsOf := func(s setID, key []byte, g *group) {
+	// slotsOf adds the elements of key's slots in map s. Their keys
+	// share one string: one allocation per frontend, not per slot.
+	slotsOf := func(s setID, key []byte, g *group) {
 		v := vals[g]
 		if v == nil {
 			v = make([]string, len(g.eps))
@@ -192,13 +206,13 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 			vals[g] = v
 		}
 		n := len(key) + 4
-		buf := make([]byte, 0, buckets*n)
-		for b := range uint32(buckets) {
+		buf := make([]byte, 0, len(g.slots)*n)
+		for b := range uint32(len(g.slots)) {
 			buf = append(buf, key...)
 			buf = binary.NativeEndian.AppendUint32(buf, b)
 		}
 		all := string(buf)
-		for b, i := range g.buckets {
+		for b, i := range g.slots {
 			out = append(out, element{elemKey{sid(g.fam, s), all[b*n : (b+1)*n]}, elemVal{val: v[i]}})
 		}
 	}
@@ -216,7 +230,7 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 		switch {
 		case len(internal.eps) > 0:
 			el(f, setServiceIPs, front, elemVal{comment: comment})
-			bucketsOf(setEndpoints, front, internal)
+			slotsOf(setEndpoints, front, internal)
 		case pl.any:
 			el(f, setNoLocalEndpoints, front, elemVal{comment: comment})
 		default:
@@ -231,12 +245,12 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 				return
 			}
 			if len(cluster.eps) > 0 {
-				bucketsOf(setEndpoints, front, cluster)
+				slotsOf(setEndpoints, front, cluster)
 			}
 			if local != nil {
 				el(f, setExternalLocal, front, elemVal{comment: comment})
 				if len(local.eps) > 0 {
-					bucketsOf(setLocalEndpoints, front, local)
+					slotsOf(setLocalEndpoints, front, local)
 				}
 			} else {
 				el(f, setExternalCluster, front, elemVal{comment: comment})
@@ -289,15 +303,15 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 			case local != nil:
 				el(f, setNodePortsLocal, np, elemVal{comment: comment})
 				if len(cluster.eps) > 0 {
-					bucketsOf(setNodePortEndpoints, np, cluster)
+					slotsOf(setNodePortEndpoints, np, cluster)
 				}
 				if len(local.eps) > 0 {
-					bucketsOf(setNodePortLocalEps, np, local)
+					slotsOf(setNodePortLocalEps, np, local)
 				}
 			default:
 				el(f, setNodePortsCluster, np, elemVal{comment: comment})
 				if len(cluster.eps) > 0 {
-					bucketsOf(setNodePortEndpoints, np, cluster)
+					slotsOf(setNodePortEndpoints, np, cluster)
 				}
 			}
 		}
@@ -305,14 +319,14 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 	return out
 }
 
-// elementsHint is about how many elements p contributes: its buckets and
+// elementsHint is about how many elements p contributes: its slots and
 // a few more.
 func elementsHint(p *dataplane.ServicePort) int {
 	fronts := len(p.ClusterIPs) + len(p.ExternalIPs) + len(p.LoadBalancerIPs)
 	if p.NodePort != 0 {
 		fronts++
 	}
-	return fronts*(buckets+4) + len(p.Endpoints)
+	return fronts*(slotCount(len(p.Endpoints), p.Affinity > 0)+4) + len(p.Endpoints)
 }
 
 // frontendKey encodes address . protocol . port, each field padded to 4
@@ -328,7 +342,7 @@ func nodePortKey(proto dataplane.Protocol, port uint16) []byte {
 	return append(b, 0, 0)
 }
 
-// bucketKey appends a bucket number, in the byte order numgen writes it.
+// bucketKey appends a slot number, in the byte order numgen writes it.
 func bucketKey(key []byte, bucket uint32) []byte {
 	return slices.Concat(key, binaryutil.NativeEndian.PutUint32(bucket))
 }

@@ -112,11 +112,13 @@ func (f Frontend) String() string {
 	return netip.AddrPortFrom(f.Addr, f.Port).String() + "/" + f.Protocol.String()
 }
 
-// Share is one endpoint of a frontend and the part of the frontend's
-// traffic it receives: Buckets out of Of.
+// Share is one endpoint of a frontend and the part of the frontend's new
+// connections it receives: Slots out of Of. A frontend has one slot per
+// endpoint (up to 64), or 64 slots shared when it has ClientIP affinity.
 type Share struct {
-	Endpoint    netip.AddrPort
-	Buckets, Of int
+	Endpoint netip.AddrPort
+	Slots    int // the frontend's slots that point at Endpoint
+	Of       int // the frontend's slots
 }
 
 // Show reads the Dataplane's table from the kernel and returns what it
@@ -387,7 +389,7 @@ func (r *reader) family(f int) error {
 		}
 	}
 
-	// Bucket maps: frontend . bucket → endpoint.
+	// Endpoint maps: frontend . slot → endpoint.
 	for _, m := range []struct {
 		name  string
 		kind  FrontendKind
@@ -505,7 +507,7 @@ func (r *reader) ports() []ProgrammedPort {
 func shares(counts map[netip.AddrPort]int, total int) []Share {
 	var out []Share
 	for ep, n := range counts {
-		out = append(out, Share{Endpoint: ep, Buckets: n, Of: total})
+		out = append(out, Share{Endpoint: ep, Slots: n, Of: total})
 	}
 	slices.SortFunc(out, func(a, b Share) int { return a.Endpoint.Compare(b.Endpoint) })
 	return out

@@ -16,7 +16,8 @@ import (
 // and load-balancer IPs and NodePorts of both families; source ranges;
 // ClientIP affinity; externalTrafficPolicy Local with and without local
 // endpoints; internalTrafficPolicy Local without local endpoints (drop);
-// and a service without endpoints (reject).
+// a service without endpoints (reject); and one without affinity, whose
+// frontends have one slot per endpoint instead of 64.
 func showState() *dataplane.State {
 	full := testPort(1)
 	full.NodePort = 30123
@@ -40,7 +41,12 @@ func showState() *dataplane.State {
 	none.ClusterIPs = none.ClusterIPs[:1]
 	none.NodePort = 30125
 	none.Endpoints = nil
-	return &dataplane.State{Ports: []dataplane.ServicePort{full, local, internal, none}}
+
+	plain := testPort(5)
+	plain.ClusterIPs = plain.ClusterIPs[:1]
+	plain.Endpoints = ipv4Only(plain.Endpoints)
+	plain.NodePort = 30126
+	return &dataplane.State{Ports: []dataplane.ServicePort{full, local, internal, none, plain}}
 }
 
 func ipv4Only(eps []dataplane.Endpoint) []dataplane.Endpoint {
@@ -71,10 +77,10 @@ func showText(p *Programmed) string {
 			}
 			b.WriteByte('\n')
 			for _, s := range f.Endpoints {
-				fmt.Fprintf(&b, "    %s %d/%d\n", s.Endpoint, s.Buckets, s.Of)
+				fmt.Fprintf(&b, "    %s %d/%d\n", s.Endpoint, s.Slots, s.Of)
 			}
 			for _, s := range f.LocalEndpoints {
-				fmt.Fprintf(&b, "    local %s %d/%d\n", s.Endpoint, s.Buckets, s.Of)
+				fmt.Fprintf(&b, "    local %s %d/%d\n", s.Endpoint, s.Slots, s.Of)
 			}
 		}
 	}
@@ -139,6 +145,15 @@ default/svc-3:http
 default/svc-4:http
   cluster IP 198.19.0.4:80/TCP reject
   NodePort 0.0.0.0:30125/TCP reject
+default/svc-5:http
+  cluster IP 198.19.0.5:80/TCP
+    198.18.1.10:8080 1/3
+    198.18.1.11:8080 1/3
+    198.18.1.12:8080 1/3
+  NodePort 0.0.0.0:30126/TCP
+    198.18.1.10:8080 1/3
+    198.18.1.11:8080 1/3
+    198.18.1.12:8080 1/3
 `
 
 // Show reads back, per service port, every frontend with its policy and
@@ -179,7 +194,7 @@ func TestShow(t *testing.T) {
 		t.Errorf("Show from a second Dataplane =\n%s\nwant\n%s", got, wantShow)
 	}
 
-	// An endpoint leaves: the others share its buckets.
+	// An endpoint leaves: the others share its slots.
 	st := showState()
 	st.Ports[0].Endpoints = st.Ports[0].Endpoints[2:] // 198.18.1.10 and 2001:db8:1::a
 	if err := d.Sync(ctx, st); err != nil {
@@ -189,8 +204,8 @@ func TestShow(t *testing.T) {
 		t.Fatal(err)
 	}
 	fr := p.Ports[0].Frontends[0]
-	if len(fr.Endpoints) != 2 || fr.Endpoints[0].Buckets+fr.Endpoints[1].Buckets != 64 || fr.Endpoints[0].Endpoint.Addr().String() != "198.18.1.11" {
-		t.Errorf("after removing 198.18.1.10, %s has %+v; want 198.18.1.11 and 198.18.1.12 sharing 64 buckets", fr, fr.Endpoints)
+	if len(fr.Endpoints) != 2 || fr.Endpoints[0].Slots+fr.Endpoints[1].Slots != fr.Endpoints[0].Of || fr.Endpoints[0].Endpoint.Addr().String() != "198.18.1.11" {
+		t.Errorf("after removing 198.18.1.10, %s has %+v; want 198.18.1.11 and 198.18.1.12 sharing the slots", fr, fr.Endpoints)
 	}
 
 	if err := d.Cleanup(ctx); err != nil {

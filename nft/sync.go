@@ -401,8 +401,8 @@ func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
 }
 
 // estimateElements bounds the number of elements desired programs, to
-// size the store of a full Sync: 64 buckets per frontend and path, and a
-// few more per port and endpoint.
+// size the store of a full Sync: a slot per endpoint (64 with affinity)
+// per frontend and path, and a few more per port and endpoint.
 func estimateElements(desired *dataplane.State) int {
 	n := 0
 	for i := range desired.Ports {
@@ -415,7 +415,7 @@ func estimateElements(desired *dataplane.State) int {
 		if p.ExternalLocal {
 			paths = 2
 		}
-		n += fronts*(buckets*paths+4) + len(p.Endpoints) + 2*len(p.SourceRanges)
+		n += fronts*(slotCount(len(p.Endpoints), p.Affinity > 0)*paths+4) + len(p.Endpoints) + 2*len(p.SourceRanges)
 	}
 	return n
 }

@@ -336,9 +336,9 @@ func TestAdversarialStates(t *testing.T) {
 						Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i%16)}), Port: uint16(i/16) + 1, Ready: true, Serving: true})
 				}
 			})}}, &dataplane.State{Ports: []dataplane.ServicePort{with(func(p *dataplane.ServicePort) {
-				// What it must program: 64 buckets hold one endpoint
+				// What it must program: 64 slots hold one endpoint
 				// each, so the first 64 endpoints are all that
-				// receive traffic (nft: weights in steps of 1/64).
+				// receive traffic (nft: at most 64 per frontend).
 				p.Endpoints = nil
 				for i := range 64 {
 					p.Endpoints = append(p.Endpoints, dataplane.Endpoint{

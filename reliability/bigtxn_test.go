@@ -20,10 +20,15 @@ import (
 
 // bigServices is how many service ports the element test syncs: each
 // dual-stack, with an external IP and a NodePort under
-// externalTrafficPolicy Local and 6 local endpoints per family, so each
-// fills 648 elements (the 64 buckets of 5 frontends in 4 maps per
-// family, and 4 set elements per family) and the State 648·n + 12.
+// externalTrafficPolicy Local and bigEndpoints local endpoints per
+// family, so each fills 648 elements (the 64 slots, one per endpoint, of
+// 5 frontends in 4 maps per family, and 4 set elements per family) and
+// the State 648·n + 2·64 (the hairpin pairs).
 const bigServices = 330
+
+// bigEndpoints is how many endpoints each port of the element test has
+// per family: 64, the most slots a frontend has.
+const bigEndpoints = 64
 
 // bigState returns the element test's State, its endpoints on port
 // epPort.
@@ -45,7 +50,7 @@ func bigState(epPort uint16) *dataplane.State {
 		if i >= 256 { // 203.0.113.0/24 has 256 addresses
 			p.ExternalIPs[0] = netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
 		}
-		for e := range 6 {
+		for e := range bigEndpoints {
 			p.Endpoints = append(p.Endpoints,
 				dataplane.Endpoint{Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + e)}), Port: epPort, NodeName: "node-a", Ready: true, Serving: true},
 				dataplane.Endpoint{Addr: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(10 + e)}), Port: epPort, NodeName: "node-a", Ready: true, Serving: true})
@@ -57,9 +62,8 @@ func bigState(epPort uint16) *dataplane.State {
 
 // kernelBuckets reads every element of the backend's table back from
 // the kernel and checks the endpoint maps: each frontend has exactly the
-// 64 buckets 0-63, each pointing at one of want's endpoints, shared 11,
-// 11, 11, 11, 10, 10 among the 6 in order. It returns the number of
-// elements per set.
+// 64 slots 0-63, each pointing at a different one of want's endpoints.
+// It returns the number of elements per set.
 func kernelBuckets(t *testing.T, fd int, want map[int][]netip.AddrPort) map[string]int {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
@@ -93,21 +97,21 @@ func kernelBuckets(t *testing.T, fd int, want map[int][]netip.AddrPort) map[stri
 				fronts[front] = map[uint32]netip.AddrPort{}
 			}
 			if _, dup := fronts[front][b]; dup || b >= 64 {
-				t.Fatalf("%s frontend %x: bucket %d twice or out of range", s.Name, front, b)
+				t.Fatalf("%s frontend %x: slot %d twice or out of range", s.Name, front, b)
 			}
 			fronts[front][b] = netip.AddrPortFrom(a, binary.BigEndian.Uint16(e.Val[fam:]))
 		}
 		for front, bs := range fronts {
 			if len(bs) != 64 {
-				t.Fatalf("%s frontend %x has %d buckets, want 64", s.Name, front, len(bs))
+				t.Fatalf("%s frontend %x has %d slots, want 64", s.Name, front, len(bs))
 			}
 			count := map[netip.AddrPort]int{}
 			for _, ep := range bs {
 				count[ep]++
 			}
-			for i, ep := range want[fam] {
-				if share := 10 + btoi(i < 4); count[ep] != share {
-					t.Fatalf("%s frontend %x: endpoint %s holds %d buckets, want %d (all: %v)", s.Name, front, ep, count[ep], share, count)
+			for _, ep := range want[fam] {
+				if count[ep] != 1 {
+					t.Fatalf("%s frontend %x: endpoint %s holds %d slots, want 1 (all: %v)", s.Name, front, ep, count[ep], count)
 				}
 			}
 		}
@@ -115,16 +119,9 @@ func kernelBuckets(t *testing.T, fd int, want map[int][]netip.AddrPort) map[stri
 	return out
 }
 
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // TestBigTransactions syncs, each in one Sync (one netlink batch), a
 // State of more than 200,000 map elements into an empty namespace, then
-// one that rewrites every bucket (more than 400,000 element changes),
+// one that rewrites every slot (more than 400,000 element changes),
 // then the empty State; and a State with 40 distinct affinity timeouts
 // (20,800 rules), then 40 other timeouts (20,800 rules added and as many
 // deleted), then none. Every Sync must succeed (no EMSGSIZE, no
@@ -136,7 +133,7 @@ func TestBigTransactions(t *testing.T) {
 		ns := newNS(t)
 		dp := open(t, b, ns.Path(), nodeA())
 		eps := map[int][]netip.AddrPort{}
-		for e := range 6 {
+		for e := range bigEndpoints {
 			eps[4] = append(eps[4], netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + e)}), 0))
 			eps[16] = append(eps[16], netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 1, 15: byte(10 + e)}), 0))
 		}
@@ -160,7 +157,7 @@ func TestBigTransactions(t *testing.T) {
 			want["cluster-ips"+f] = n
 			want["external-local"+f] = n
 			want["nodeports-local"+f] = n
-			want["hairpin"+f] = 6
+			want["hairpin"+f] = bigEndpoints
 		}
 		total := 0
 		for _, v := range want {
@@ -191,7 +188,7 @@ func TestBigTransactions(t *testing.T) {
 			eps     map[int][]netip.AddrPort
 		}{
 			{"first Sync", bigState(8080), total, want, withPort(8080)},
-			{"every bucket rewritten", bigState(9090), 2 * (total - 4*n - 12), want, withPort(9090)},
+			{"every slot rewritten", bigState(9090), 2 * (total - 4*n - 2*bigEndpoints), want, withPort(9090)},
 			{"everything deleted", &dataplane.State{}, total, map[string]int{}, nil},
 		} {
 			start := time.Now()

@@ -81,7 +81,7 @@ func (f viewFrontend) String() string {
 type viewEndpoint struct {
 	Addr netip.AddrPort
 	// Weight is the share of the frontend's traffic, as the backend
-	// states it ("22/64" for nft's buckets, "weight 1" for IPVS).
+	// states it ("1/3": one of a frontend's 3 slots, for nft; "weight 1" for IPVS).
 	Weight string
 	// Counters are the kernel's counters for the endpoint where the
 	// backend has them (IPVS: connections), "" where it has none (nft).
@@ -168,7 +168,7 @@ func (b *nftBackend) Show(ctx context.Context, _ *dataplane.State) (*view, error
 func nftShares(ss []nft.Share) []viewEndpoint {
 	var out []viewEndpoint
 	for _, s := range ss {
-		out = append(out, viewEndpoint{Addr: s.Endpoint, Weight: fmt.Sprintf("%d/%d", s.Buckets, s.Of)})
+		out = append(out, viewEndpoint{Addr: s.Endpoint, Weight: fmt.Sprintf("%d/%d", s.Slots, s.Of)})
 	}
 	return out
 }

@@ -156,9 +156,9 @@ func TestEndToEnd(t *testing.T) {
 	for _, want := range []string{
 		": 1 service port\n",
 		"default/svc-web:http\n  cluster IP  198.19.0.10:80/TCP\n",
-		"→ 198.18.1.10:8080       22/64\n",
-		"→ 198.18.1.11:8080       21/64\n",
-		"→ 198.18.2.10:8080       21/64\n",
+		"→ 198.18.1.10:8080       1/3\n",
+		"→ 198.18.1.11:8080       1/3\n",
+		"→ 198.18.2.10:8080       1/3\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("show:\n%s\nwant %q", out, want)
