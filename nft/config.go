@@ -48,7 +48,16 @@ type Dataplane struct {
 	table *nftables.Table
 	sets  []*nftables.Set // indexed by setID
 	st    *store          // what the kernel holds; nil: unknown, rebuild
-	svcs  map[dataplane.PortName]*svcState
+	// svcs are the synced ports by name, headless ones included;
+	// order holds them in the order of the last State, fronts who owns
+	// each frontend, and affCount how many ports (with a cluster IP)
+	// use each affinity timeout. epoch marks the ports a validation has
+	// seen (validate.go).
+	svcs     map[dataplane.PortName]*svcState
+	order    []*svcState
+	fronts   map[frontKey]*svcState
+	affCount map[int64]int
+	epoch    uint64
 	// adopted is set during a Sync that adopted the kernel's table.
 	adopted bool
 	// fingerprint identifies the table's fixed shape (see adopt.go).

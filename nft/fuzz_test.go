@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
@@ -50,6 +51,7 @@ func FuzzDiff(f *testing.F) {
 		steps := 1 + b.count(6)
 		for range steps {
 			st := fuzzDiffState(&b)
+			fzCheckValidate(t, d, st)
 			if st.Validate() != nil {
 				continue // Sync refuses it before touching anything
 			}
@@ -96,29 +98,46 @@ func fzDataplane() *Dataplane {
 }
 
 // fzSync is the in-memory half of Dataplane.prepare for a Dataplane
-// whose store is known: it brings the services and the store to desired.
+// whose store is known: it brings the services and the store to desired,
+// after validate has told which ports are unchanged.
 func fzSync(d *Dataplane, desired *dataplane.State) {
-	seen := make(map[dataplane.PortName]bool, len(desired.Ports))
-	for i := range desired.Ports {
-		p := &desired.Ports[i]
-		if len(p.ClusterIPs) == 0 {
-			continue
-		}
-		seen[p.Name] = true
-		old := d.svcs[p.Name]
-		if old != nil && equalPort(&old.port, p) {
-			continue
-		}
-		s := d.applyPort(old, p)
-		staleFlows(old, p, s.groups) // must not panic
-		d.svcs[p.Name] = s
+	same, err := d.validate(desired)
+	if err != nil {
+		panic(err) // fzSync is only given valid States
 	}
-	for name, s := range d.svcs {
-		if !seen[name] {
-			staleFlows(s, &s.port, nil)
-			d.removePort(s)
-			delete(d.svcs, name)
+	d.applyState(desired, same, false) // staleFlows must not panic
+}
+
+// fzCheckValidate: the Dataplane's validation, which checks only what
+// changed since the synced ports, answers exactly as State.Validate; the
+// ports it reports unchanged equal the synced ones; and its frontend
+// owners and affinity counts describe the synced ports.
+func fzCheckValidate(t *testing.T, d *Dataplane, st *dataplane.State) {
+	t.Helper()
+	same, err := d.validate(st)
+	want := st.Validate()
+	if fmt.Sprint(err) != fmt.Sprint(want) {
+		t.Fatalf("validate = %v, State.Validate = %v", err, want)
+	}
+	for i, s := range same {
+		if s != nil && (!equalPort(&s.port, &st.Ports[i]) || d.svcs[s.port.Name] != s) {
+			t.Fatalf("port %d reported unchanged, but it differs from the synced %+v", i, s.port)
 		}
+	}
+	fronts, aff := map[frontKey]*svcState{}, map[int64]int{}
+	for _, s := range d.svcs {
+		for _, f := range frontKeys(&s.port) {
+			fronts[f] = s
+		}
+		if s.port.Affinity > 0 && len(s.port.ClusterIPs) > 0 {
+			aff[int64(s.port.Affinity/time.Second)]++
+		}
+	}
+	if !maps.Equal(fronts, d.fronts) && len(fronts)+len(d.fronts) > 0 {
+		t.Fatalf("frontend owners %v, want %v", d.fronts, fronts)
+	}
+	if !maps.Equal(aff, d.affCount) && len(aff)+len(d.affCount) > 0 {
+		t.Fatalf("affinity counts %v, want %v", d.affCount, aff)
 	}
 }
 

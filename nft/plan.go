@@ -46,11 +46,12 @@ func (p *Plan) String() string {
 // anything in the kernel or in the Dataplane. It reads the kernel as Sync
 // would (the nftables generation, and the table on first use).
 func (d *Dataplane) Plan(ctx context.Context, desired *dataplane.State) (*Plan, error) {
-	if err := desired.Validate(); err != nil {
-		return nil, fmt.Errorf("nft: invalid state: %w", err)
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	same, err := d.validate(desired)
+	if err != nil {
+		return nil, fmt.Errorf("nft: invalid state: %w", err)
+	}
 	if err := d.connected(); err != nil {
 		return nil, err
 	}
@@ -59,7 +60,7 @@ func (d *Dataplane) Plan(ctx context.Context, desired *dataplane.State) (*Plan, 
 	}
 	saved := d.save()
 	defer d.restore(saved)
-	t, err := d.prepare(desired)
+	t, err := d.prepare(desired, same)
 	if err != nil {
 		return nil, err
 	}
@@ -99,6 +100,9 @@ func (d *Dataplane) Plan(ctx context.Context, desired *dataplane.State) (*Plan, 
 type saved struct {
 	st        *store
 	svcs      map[dataplane.PortName]*svcState
+	order     []*svcState
+	fronts    map[frontKey]*svcState
+	affCount  map[int64]int
 	affChains map[int64]bool
 	staleCT   []staleFlow
 	lastGen   uint32
@@ -106,7 +110,8 @@ type saved struct {
 }
 
 func (d *Dataplane) save() saved {
-	s := saved{svcs: maps.Clone(d.svcs), affChains: maps.Clone(d.affChains), staleCT: slices.Clone(d.staleCT), lastGen: d.lastGen, adopted: d.adopted}
+	s := saved{svcs: maps.Clone(d.svcs), order: slices.Clone(d.order), fronts: maps.Clone(d.fronts), affCount: maps.Clone(d.affCount),
+		affChains: maps.Clone(d.affChains), staleCT: slices.Clone(d.staleCT), lastGen: d.lastGen, adopted: d.adopted}
 	if d.st != nil {
 		s.st = &store{applied: maps.Clone(d.st.applied), want: make(map[elemKey]*wanted, len(d.st.want)), dirty: maps.Clone(d.st.dirty), fresh: d.st.fresh}
 		for k, w := range d.st.want {
@@ -118,7 +123,8 @@ func (d *Dataplane) save() saved {
 }
 
 func (d *Dataplane) restore(s saved) {
-	d.st, d.svcs, d.affChains, d.staleCT, d.lastGen, d.adopted = s.st, s.svcs, s.affChains, s.staleCT, s.lastGen, s.adopted
+	d.st, d.svcs, d.order, d.fronts, d.affCount = s.st, s.svcs, s.order, s.fronts, s.affCount
+	d.affChains, d.staleCT, d.lastGen, d.adopted = s.affChains, s.staleCT, s.lastGen, s.adopted
 }
 
 func formatElement(s *nftables.Set, e nftables.SetElement) string {

@@ -27,6 +27,11 @@ type svcState struct {
 	elems []elemKey             // every element it added to the store
 	// groups are its endpoint lists, one per family and role.
 	groups []*group
+	// seen is the Dataplane's epoch when a validation last found the
+	// port in a State, and pos its index in the last State synced
+	// (validate.go).
+	seen uint64
+	pos  int
 }
 
 // group is one endpoint list spread over its frontends' slots; every

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
@@ -23,18 +22,19 @@ import (
 // elements that changed, and nothing at all when nothing did. An invalid
 // State returns its validation error and changes nothing.
 func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
-	if err := desired.Validate(); err != nil {
-		return fmt.Errorf("nft: invalid state, nothing changed: %w", err)
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	same, err := d.validate(desired)
+	if err != nil {
+		return fmt.Errorf("nft: invalid state, nothing changed: %w", err)
+	}
 	if err := d.connected(); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("nft: sync not started: %w", err)
 	}
-	t, err := d.prepare(desired)
+	t, err := d.prepare(desired, same)
 	if err != nil {
 		return err
 	}
@@ -165,11 +165,9 @@ func (d *Dataplane) queueRule(r rule) {
 // wantAffinity returns the affinity timeouts (seconds) the synced ports
 // use; each has its own sets and chains.
 func (d *Dataplane) wantAffinity() map[int64]bool {
-	out := make(map[int64]bool)
-	for _, s := range d.svcs {
-		if s.port.Affinity > 0 {
-			out[int64(s.port.Affinity/time.Second)] = true
-		}
+	out := make(map[int64]bool, len(d.affCount))
+	for t := range d.affCount {
+		out[t] = true
 	}
 	return out
 }
@@ -270,6 +268,7 @@ func (d *Dataplane) applyPort(old *svcState, p *dataplane.ServicePort) *svcState
 			d.st.remove(k)
 		}
 	}
+	d.track(old, s)
 	elems := d.elements(p, pl)
 	s.elems = make([]elemKey, len(elems))
 	for i, e := range elems {
@@ -283,6 +282,7 @@ func (d *Dataplane) removePort(s *svcState) {
 	for _, k := range s.elems {
 		d.st.remove(k)
 	}
+	d.untrack(s)
 }
 
 // Cleanup deletes the Dataplane's table and everything in it, and nothing
@@ -299,7 +299,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	d.conn.AddTable(d.table)
 	d.conn.DelTable(d.table)
 	d.st = nil
-	d.svcs = nil
+	d.forgetPorts()
 	d.affChains = nil
 	if err := d.conn.Flush(); err != nil {
 		d.redial()
@@ -319,8 +319,9 @@ type txn struct {
 
 // prepare brings the in-memory model to desired (adopting or checking the
 // kernel table first) and returns what must be sent. It changes nothing in
-// the kernel.
-func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
+// the kernel. same is validate's answer: per port, the synced port it
+// equals, or nil.
+func (d *Dataplane) prepare(desired *dataplane.State, same []*svcState) (*txn, error) {
 	if d.st != nil {
 		// Has anything else committed since our last commit? Then make
 		// sure our table is still whole.
@@ -336,7 +337,8 @@ func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
 	fresh := full // nothing is known of earlier endpoints
 	d.adopted = false
 	if full {
-		d.svcs = make(map[dataplane.PortName]*svcState)
+		d.forgetPorts()
+		same = nil
 		st, err := d.adopt()
 		if err != nil {
 			return nil, fmt.Errorf("nft: read table inet %s: %w", d.cfg.Table, err)
@@ -350,44 +352,7 @@ func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
 	}
 	stale := d.staleCT // entries a failed cleanup left behind
 	d.staleCT = nil
-	kept, added := 0, 0 // synced ports still desired, and new ones
-	for i := range desired.Ports {
-		p := &desired.Ports[i]
-		if len(p.ClusterIPs) == 0 {
-			continue // headless: nothing to program
-		}
-		old := d.svcs[p.Name]
-		if old != nil {
-			kept++ // names are unique by validation
-			if equalPort(&old.port, p) {
-				continue
-			}
-		}
-		if old == nil {
-			added++
-		}
-		s := d.applyPort(old, p)
-		if !fresh {
-			// After a rebuild or adoption nothing is known of earlier
-			// endpoints, and entries DNATed by earlier rules stay valid.
-			stale = append(stale, staleFlows(old, p, s.groups)...)
-		}
-		d.svcs[p.Name] = s
-	}
-	if kept < len(d.svcs)-added {
-		// Some synced ports are gone: find them.
-		seen := make(map[dataplane.PortName]bool, len(desired.Ports))
-		for i := range desired.Ports {
-			seen[desired.Ports[i].Name] = len(desired.Ports[i].ClusterIPs) > 0
-		}
-		for name, s := range d.svcs {
-			if !seen[name] {
-				stale = append(stale, staleFlows(s, &s.port, nil)...)
-				d.removePort(s)
-				delete(d.svcs, name)
-			}
-		}
-	}
+	stale = append(stale, d.applyState(desired, same, fresh)...)
 	t := &txn{full: full, stale: stale}
 	if d.st.fresh {
 		// Queued straight from the store (queueElements).
@@ -398,6 +363,65 @@ func (d *Dataplane) prepare(desired *dataplane.State) (*txn, error) {
 	t.affAdd, t.affDel = d.affinityChanges(full)
 	t.n += len(t.affAdd) + len(t.affDel)
 	return t, nil
+}
+
+// applyState brings the synced ports, and the store, to desired: the
+// in-memory half of prepare. same is validate's answer for desired (nil:
+// compare every port); fresh says nothing is known of earlier
+// endpoints. It returns the conntrack entries to clear.
+func (d *Dataplane) applyState(desired *dataplane.State, same []*svcState, fresh bool) []staleFlow {
+	var stale []staleFlow
+	// Synced ports that are gone. When validate found every synced port
+	// it could (same), they are the ones it did not mark.
+	var gone []*svcState
+	if same != nil && len(d.order) == len(d.svcs) {
+		gone = d.gone()
+	} else {
+		seen := make(map[dataplane.PortName]bool, len(desired.Ports))
+		for i := range desired.Ports {
+			seen[desired.Ports[i].Name] = true
+		}
+		for name, s := range d.svcs {
+			if !seen[name] {
+				gone = append(gone, s)
+			}
+		}
+	}
+	for _, s := range gone {
+		stale = append(stale, staleFlows(s, &s.port, nil)...)
+		d.removePort(s)
+		delete(d.svcs, s.port.Name)
+	}
+	order := d.order[:0]
+	if cap(order) < len(desired.Ports) {
+		order = make([]*svcState, 0, len(desired.Ports))
+	}
+	for i := range desired.Ports {
+		p := &desired.Ports[i]
+		s := (*svcState)(nil)
+		if same != nil {
+			s = same[i]
+		}
+		if s == nil {
+			old := d.svcs[p.Name]
+			if old != nil && equalPort(&old.port, p) {
+				s = old
+			} else {
+				s = d.applyPort(old, p)
+				if !fresh {
+					// After a rebuild or adoption nothing is known of
+					// earlier endpoints, and entries DNATed by earlier
+					// rules stay valid.
+					stale = append(stale, staleFlows(old, p, s.groups)...)
+				}
+				d.svcs[p.Name] = s
+			}
+		}
+		s.pos = i
+		order = append(order, s)
+	}
+	d.order = order
+	return stale
 }
 
 // estimateElements bounds the number of elements desired programs, to
