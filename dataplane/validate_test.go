@@ -339,3 +339,147 @@ func TestFieldErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateMessages pins the exact text of every kind of error, so that
+// changes to how Validate builds paths and details cannot alter what
+// callers and logs see.
+func TestValidateMessages(t *testing.T) {
+	web := func(s *dataplane.State) *dataplane.ServicePort { return &s.Ports[0] }
+	dns := func(s *dataplane.State) *dataplane.ServicePort { return &s.Ports[1] }
+	tests := []struct {
+		name   string
+		change func(s *dataplane.State)
+		want   []string
+	}{
+		{"names", func(s *dataplane.State) {
+			dns(s).Name = web(s).Name
+			s.Ports = append(s.Ports, *dns(s))
+			s.Ports[2].Name = dataplane.PortName{}
+		}, []string{
+			"ports[1].name: default/web:http is also the name of ports[0]",
+			"ports[2].name.namespace: is empty",
+			"ports[2].name.name: is empty",
+			"ports[2].clusterIPs[0]: 198.19.0.53:53/UDP is already used by ports[1].clusterIPs[0]",
+		}},
+		{"protocol, port and affinity", func(s *dataplane.State) {
+			dns(s).Protocol, dns(s).Port, dns(s).Affinity = 1, 0, 1500*time.Millisecond
+			web(s).Affinity = dataplane.MaxAffinity + time.Second
+		}, []string{
+			"ports[0].affinity: 24h0m1s is out of range (want 0 for none, or 1s to 24h0m0s)",
+			"ports[1].protocol: Protocol(1) is not a known protocol (want TCP, UDP or SCTP)",
+			"ports[1].port: 0 is not a valid port (want 1-65535)",
+			"ports[1].affinity: 1.5s is not a whole number of seconds",
+		}},
+		{"addresses", func(s *dataplane.State) {
+			web(s).ClusterIPs = append(web(s).ClusterIPs, netip.Addr{}, ip("fe80::1%eth0"), ip("::ffff:198.19.0.11"), ip("::"), ip("198.19.0.11"))
+			web(s).ExternalIPs[0] = ip("224.0.0.1")
+			web(s).LoadBalancerIPs[1] = ip("ff02::1")
+		}, []string{
+			"ports[0].clusterIPs[2]: is not a valid IP address",
+			"ports[0].clusterIPs[3]: fe80::1%eth0 has a zone; service addresses take none",
+			"ports[0].clusterIPs[4]: ::ffff:198.19.0.11 is an IPv4-mapped IPv6 address; write it as IPv4 (198.19.0.11)",
+			"ports[0].clusterIPs[5]: :: is not a unicast address",
+			"ports[0].clusterIPs[6]: 198.19.0.11 is a second IPv4 cluster IP (want at most one per family)",
+			"ports[0].externalIPs[0]: 224.0.0.1 is not a unicast address",
+			"ports[0].loadBalancerIPs[1]: ff02::1 is not a unicast address",
+		}},
+		{"families", func(s *dataplane.State) {
+			dns(s).ExternalIPs = []netip.Addr{ip("2001:db8:beef::53")}
+			dns(s).LoadBalancerIPs = []netip.Addr{ip("2001:db8:beef::54")}
+			dns(s).Endpoints = append(dns(s).Endpoints, dataplane.Endpoint{Addr: ip("2001:db8:1::53"), Port: 53})
+		}, []string{
+			"ports[1].externalIPs[0]: 2001:db8:beef::53 is IPv6 but the port has no IPv6 cluster IP; drop the address or add a cluster IP of that family",
+			"ports[1].loadBalancerIPs[0]: 2001:db8:beef::54 is IPv6 but the port has no IPv6 cluster IP; drop the address or add a cluster IP of that family",
+			"ports[1].endpoints[1].addr: 2001:db8:1::53 is IPv6 but the port has no IPv6 cluster IP; drop the endpoint or add a cluster IP of that family",
+		}},
+		{"frontends", func(s *dataplane.State) {
+			dns(s).Protocol, dns(s).Port = dataplane.TCP, 80
+			dns(s).ClusterIPs[0] = web(s).ClusterIPs[0]
+			dns(s).ExternalIPs = []netip.Addr{web(s).LoadBalancerIPs[0]}
+			dns(s).LoadBalancerIPs = []netip.Addr{web(s).ExternalIPs[0]}
+			dns(s).NodePort = web(s).NodePort
+		}, []string{
+			"ports[1].clusterIPs[0]: 198.19.0.10:80/TCP is already used by ports[0].clusterIPs[0]",
+			"ports[1].externalIPs[0]: 203.0.113.20:80/TCP is already used by ports[0].loadBalancerIPs[0]",
+			"ports[1].loadBalancerIPs[0]: 203.0.113.10:80/TCP is already used by ports[0].externalIPs[0]",
+			"ports[1].nodePort: NodePort 30080/TCP is already used by ports[0].nodePort",
+		}},
+		{"source ranges", func(s *dataplane.State) {
+			web(s).SourceRanges = append(web(s).SourceRanges, netip.Prefix{}, pfx("::ffff:192.0.2.0/120"), netip.PrefixFrom(ip("192.0.2.0"), 33))
+		}, []string{
+			"ports[0].sourceRanges[2]: is not a valid prefix",
+			"ports[0].sourceRanges[3]: ::ffff:192.0.2.0/120 is an IPv4-mapped IPv6 prefix; write it as IPv4",
+			"ports[0].sourceRanges[4]: is not a valid prefix",
+		}},
+		{"endpoints", func(s *dataplane.State) {
+			p := web(s)
+			p.Endpoints = append(p.Endpoints, p.Endpoints[2], dataplane.Endpoint{Addr: ip("::ffff:198.18.1.10"), Port: 0}, p.Endpoints[0])
+		}, []string{
+			"ports[0].endpoints[3]: [2001:db8:1::10]:8080 is listed twice (also endpoints[2])",
+			"ports[0].endpoints[4].addr: ::ffff:198.18.1.10 is an IPv4-mapped IPv6 address; write it as IPv4 (198.18.1.10)",
+			"ports[0].endpoints[4].port: 0 is not a valid port (want 1-65535)",
+			"ports[0].endpoints[5]: 198.18.1.10:8080 is listed twice (also endpoints[0])",
+		}},
+		{"zones", func(s *dataplane.State) {
+			// Addresses that differ only in their zone are different
+			// frontends and endpoints.
+			dns(s).Protocol, dns(s).Port = dataplane.TCP, 80
+			dns(s).ClusterIPs = append(dns(s).ClusterIPs, ip("fe80::1%eth0"))
+			for i, a := range []string{"fe80::1", "fe80::1%eth1", "fe80::1%eth0"} {
+				p := *dns(s)
+				p.Name.Name = fmt.Sprint("zone-", i)
+				p.ClusterIPs = []netip.Addr{ip(a)}
+				p.Endpoints = nil
+				s.Ports = append(s.Ports, p)
+			}
+			p := &s.Ports[2] // IPv6 cluster IP fe80::1
+			for i := range 14 {
+				p.Endpoints = append(p.Endpoints, dataplane.Endpoint{Addr: netip.AddrFrom16([16]byte{0: 0xfe, 1: 0x80, 15: byte(i)}), Port: 8080})
+			}
+			for _, a := range []string{"fe80::10", "fe80::10%eth0", "fe80::10%eth1", "fe80::10%eth0", "fe80::10"} {
+				p.Endpoints = append(p.Endpoints, dataplane.Endpoint{Addr: ip(a), Port: 8080})
+			}
+		}, []string{
+			"ports[1].clusterIPs[1]: fe80::1%eth0 has a zone; service addresses take none",
+			"ports[2].endpoints[15].addr: fe80::10%eth0 has a zone; service addresses take none",
+			"ports[2].endpoints[16].addr: fe80::10%eth1 has a zone; service addresses take none",
+			"ports[2].endpoints[17].addr: fe80::10%eth0 has a zone; service addresses take none",
+			"ports[2].endpoints[17]: [fe80::10%eth0]:8080 is listed twice (also endpoints[15])",
+			"ports[2].endpoints[18]: [fe80::10]:8080 is listed twice (also endpoints[14])",
+			"ports[3].clusterIPs[0]: fe80::1%eth1 has a zone; service addresses take none",
+			"ports[4].clusterIPs[0]: fe80::1%eth0 has a zone; service addresses take none",
+			"ports[4].clusterIPs[0]: [fe80::1%eth0]:80/TCP is already used by ports[1].clusterIPs[1]",
+		}},
+		{"many endpoints", func(s *dataplane.State) {
+			// More endpoints than fit a short list, with duplicates far apart.
+			p := dns(s)
+			for i := range 30 {
+				p.Endpoints = append(p.Endpoints, dataplane.Endpoint{Addr: netip.AddrFrom4([4]byte{198, 18, 2, byte(i)}), Port: 53})
+			}
+			p.Endpoints[25] = p.Endpoints[0]
+			p.Endpoints[28] = p.Endpoints[3]
+			p.Endpoints[29] = p.Endpoints[0]
+			p.Endpoints[7].Addr, p.Endpoints[27].Addr = netip.Addr{}, netip.Addr{}
+		}, []string{
+			"ports[1].endpoints[7].addr: is not a valid IP address",
+			"ports[1].endpoints[25]: 198.18.1.53:53 is listed twice (also endpoints[0])",
+			"ports[1].endpoints[27].addr: is not a valid IP address",
+			"ports[1].endpoints[27]: invalid AddrPort is listed twice (also endpoints[7])",
+			"ports[1].endpoints[28]: 198.18.2.2:53 is listed twice (also endpoints[3])",
+			"ports[1].endpoints[29]: 198.18.1.53:53 is listed twice (also endpoints[0])",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := validState()
+			tt.change(s)
+			var got []string
+			for _, fe := range dataplane.FieldErrors(s.Validate()) {
+				got = append(got, fe.Error())
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("errors:\n\t%s\nwant:\n\t%s", strings.Join(got, "\n\t"), strings.Join(tt.want, "\n\t"))
+			}
+		})
+	}
+}
