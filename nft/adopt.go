@@ -208,8 +208,7 @@ func (d *Dataplane) adopt() (*store, error) {
 				}
 				for key, v := range elems {
 					k := elemKey{setID(i), key}
-					st.applied[k] = v
-					st.dirty[k] = struct{}{}
+					st.adopted(k, v)
 				}
 				continue
 			}
@@ -222,8 +221,7 @@ func (d *Dataplane) adopt() (*store, error) {
 					continue
 				}
 				k := elemKey{setID(i), string(e.Key)}
-				st.applied[k] = elemVal{val: string(e.Val), keyEnd: string(e.KeyEnd), comment: e.Comment}
-				st.dirty[k] = struct{}{} // compared with what is wanted at the next flush
+				st.adopted(k, fromKernel(k.set, e))
 			}
 		}
 		// Dumps do not report interruption: retry when something
@@ -248,7 +246,7 @@ func (d *Dataplane) kernelGroup(s setID, key []byte, f int, r role) *group {
 	g := &group{fam: f, role: r}
 	index := make(map[netip.AddrPort]int)
 	for b := range buckets {
-		v, ok := d.st.applied[elemKey{sid(f, s), string(bucketKey(key, uint32(b)))}]
+		v, ok := d.st.kernel(elemKey{sid(f, s), string(bucketKey(key, uint32(b)))})
 		if !ok {
 			break
 		}
@@ -391,7 +389,7 @@ func (d *Dataplane) verdictElements(s *nftables.Set) (map[string]elemVal, error)
 						return nil
 					})
 					if key != "" {
-						out[key] = elemVal{jump: chain, comment: comment}
+						out[key] = elemVal{val: chain, comment: comment}
 					}
 				}
 				return nil

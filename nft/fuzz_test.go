@@ -182,17 +182,16 @@ func (k *fzKernel) apply(t *testing.T, d *Dataplane) {
 			if old, ok := k.elems[key]; ok {
 				t.Fatalf("adds element %x to %s over an existing one (%+v)", e.Key, d.sets[i].Name, old)
 			}
-			v := elemVal{val: string(e.Val), keyEnd: string(e.KeyEnd), comment: e.Comment}
+			v := fromKernel(setID(i), e)
 			if e.VerdictData != nil {
-				v.jump = e.VerdictData.Chain
-				if !k.chains[v.jump] {
-					t.Fatalf("element %x of %s jumps to missing chain %s", e.Key, d.sets[i].Name, v.jump)
+				if !k.chains[v.val] {
+					t.Fatalf("element %x of %s jumps to missing chain %s", e.Key, d.sets[i].Name, v.val)
 				}
 			}
 			if len(e.KeyEnd) > 0 {
 				for o, ov := range k.elems {
-					if o.set == key.set && fzOverlaps(o.key, ov.keyEnd, key.key, v.keyEnd) {
-						t.Fatalf("adds interval %x-%x to %s, overlapping %x-%x (EEXIST)", key.key, v.keyEnd, d.sets[i].Name, o.key, ov.keyEnd)
+					if o.set == key.set && fzOverlaps(o.key, ov.val, key.key, v.val) {
+						t.Fatalf("adds interval %x-%x to %s, overlapping %x-%x (EEXIST)", key.key, v.val, d.sets[i].Name, o.key, ov.val)
 					}
 				}
 			}
@@ -203,8 +202,8 @@ func (k *fzKernel) apply(t *testing.T, d *Dataplane) {
 	for _, s := range affDel {
 		a := d.affinityObjects(s)
 		for key, v := range k.elems {
-			if v.jump == a.chain.Name || v.jump == a.npChain.Name {
-				t.Fatalf("deletes chain %s, still jumped to by %x of %s (EBUSY)", v.jump, key.key, d.sets[key.set].Name)
+			if kindOf(key.set) == verdictMap && (v.val == a.chain.Name || v.val == a.npChain.Name) {
+				t.Fatalf("deletes chain %s, still jumped to by %x of %s (EBUSY)", v.val, key.key, d.sets[key.set].Name)
 			}
 		}
 		delete(k.chains, a.chain.Name)
@@ -238,16 +237,10 @@ func fzCheckStore(t *testing.T, d *Dataplane, k *fzKernel) {
 	if len(d.st.dirty) != 0 {
 		t.Fatalf("%d keys still dirty after a commit", len(d.st.dirty))
 	}
-	if len(k.elems) != len(d.st.applied) {
-		t.Fatalf("the kernel holds %d elements, the store says %d are applied", len(k.elems), len(d.st.applied))
-	}
 	for key, v := range k.elems {
-		if a, ok := d.st.applied[key]; !ok || a != v {
-			t.Fatalf("%s %x: kernel %+v, applied %+v (%v)", d.sets[key.set].Name, key.key, v, a, ok)
-		}
-		w := d.st.want[key]
-		if w == nil || w.elemVal != v || w.refs <= 0 {
-			t.Fatalf("%s %x: kernel %+v, wanted %+v", d.sets[key.set].Name, key.key, v, w)
+		w, ok := d.st.want[key]
+		if !ok || w.elemVal != v || w.refs <= 0 {
+			t.Fatalf("%s %x: kernel %+v, wanted %+v (%v)", d.sets[key.set].Name, key.key, v, w, ok)
 		}
 	}
 	if len(d.st.want) != len(k.elems) {
@@ -263,10 +256,11 @@ type fzFront struct {
 }
 
 // fzSlotOwners returns, per frontend of the endpoint maps, the endpoint
-// of each slot, as applied ("" for a missing slot).
+// of each slot, as applied: between Syncs, what is wanted ("" for a
+// missing slot).
 func fzSlotOwners(d *Dataplane) map[fzFront][]string {
 	out := map[fzFront][]string{}
-	for key, v := range d.st.applied {
+	for key, v := range d.st.want {
 		if !fzSlotMap(key.set) {
 			continue
 		}
@@ -478,7 +472,7 @@ func fzCheckFirewall(t *testing.T, d *Dataplane, st *dataplane.State, k *fzKerne
 			n = 16
 		}
 		lo, _ := netip.AddrFromSlice([]byte(key.key[len(key.key)-n:]))
-		hi, _ := netip.AddrFromSlice([]byte(v.keyEnd[len(v.keyEnd)-n:]))
+		hi, _ := netip.AddrFromSlice([]byte(v.val[len(v.val)-n:]))
 		front := key.key[:len(key.key)-n]
 		got[front] = append(got[front], iv{lo, hi})
 	}

@@ -113,11 +113,7 @@ func (d *Dataplane) save() saved {
 	s := saved{svcs: maps.Clone(d.svcs), order: slices.Clone(d.order), fronts: maps.Clone(d.fronts), affCount: maps.Clone(d.affCount),
 		affChains: maps.Clone(d.affChains), staleCT: slices.Clone(d.staleCT), lastGen: d.lastGen, adopted: d.adopted}
 	if d.st != nil {
-		s.st = &store{applied: maps.Clone(d.st.applied), want: make(map[elemKey]*wanted, len(d.st.want)), dirty: maps.Clone(d.st.dirty), fresh: d.st.fresh}
-		for k, w := range d.st.want {
-			c := *w
-			s.st.want[k] = &c
-		}
+		s.st = d.st.clone()
 	}
 	return s
 }

@@ -23,10 +23,12 @@ const (
 
 // svcState is what one service port contributes to the table.
 type svcState struct {
-	port  dataplane.ServicePort // as last synced
-	elems []elemKey             // every element it added to the store
-	// groups are its endpoint lists, one per family and role.
+	port dataplane.ServicePort // as last synced
+	// groups are its endpoint lists, one per family and role, and any
+	// whether any endpoint is usable anywhere: with port, what its
+	// elements are computed from (elements).
 	groups []*group
+	any    bool
 	// seen is the Dataplane's epoch when a validation last found the
 	// port in a State, and pos its index in the last State synced
 	// (validate.go).
@@ -275,7 +277,7 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 			el(f, setFirewall, front, elemVal{comment: comment})
 			for _, r := range prefixes.Outermost(ranges) {
 				el(f, setFirewallAllow, slices.Concat(front, r.Addr().AsSlice()),
-					elemVal{keyEnd: string(slices.Concat(front, prefixes.Last(r).AsSlice())), comment: comment})
+					elemVal{val: string(slices.Concat(front, prefixes.Last(r).AsSlice())), comment: comment})
 			}
 		}
 		for _, a := range p.ExternalIPs {
@@ -290,14 +292,14 @@ func (d *Dataplane) elements(p *dataplane.ServicePort, pl plan) []element {
 		}
 		if p.Affinity > 0 {
 			a := d.affinityObjects(int64(p.Affinity / time.Second))
-			el(f, setAffinityFrontends, front, elemVal{jump: a.chain.Name, comment: comment})
+			el(f, setAffinityFrontends, front, elemVal{val: a.chain.Name, comment: comment})
 			for _, x := range slices.Concat(p.ExternalIPs, p.LoadBalancerIPs) {
 				if famOf(x) == f {
-					el(f, setAffinityFrontends, frontendKey(x, p.Protocol, p.Port), elemVal{jump: a.chain.Name, comment: comment})
+					el(f, setAffinityFrontends, frontendKey(x, p.Protocol, p.Port), elemVal{val: a.chain.Name, comment: comment})
 				}
 			}
 			if p.NodePort != 0 {
-				el(f, setAffinityNodePorts, nodePortKey(p.Protocol, p.NodePort), elemVal{jump: a.npChain.Name, comment: comment})
+				el(f, setAffinityNodePorts, nodePortKey(p.Protocol, p.NodePort), elemVal{val: a.npChain.Name, comment: comment})
 			}
 		}
 		if p.NodePort != 0 {

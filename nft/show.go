@@ -214,7 +214,7 @@ func (r *reader) elements(name string, f int) ([]shownElem, error) {
 		}
 		for k, v := range elems {
 			if key, ok := decodeFields(keyTypes, []byte(k)); ok {
-				out = append(out, shownElem{key: key, jump: v.jump, comment: v.comment})
+				out = append(out, shownElem{key: key, jump: v.val, comment: v.comment})
 			}
 		}
 		return out, nil

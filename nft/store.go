@@ -1,6 +1,8 @@
 package nft
 
 import (
+	"maps"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
@@ -11,22 +13,61 @@ type elemKey struct {
 	key string
 }
 
-// elemVal is an element's data and comment.
+// elemVal is an element's data and comment. What val holds depends on
+// the set (kindOf): a map's value, a verdict map's chain to jump to, or
+// an interval set's last key of the range; plain sets have none.
 type elemVal struct {
 	val     string
-	keyEnd  string // interval sets: the last key of the range
-	jump    string // verdict maps: the chain to jump to
 	comment string
 }
 
-// store is the element state of the table: what the kernel holds
-// (applied) and what the services want (want, refcounted, since several
-// services may want one cluster IP or hairpin pair). Changes are batched:
-// touch records which keys to compare at the next flush.
+// setKind says what an element's val is in a set.
+type setKind uint8
+
+const (
+	plainSet    setKind = iota // no val
+	dataMap                    // val: the element's data
+	verdictMap                 // val: the chain to jump to
+	intervalSet                // val: the last key of the range
+)
+
+// kindOf returns what val holds in set s.
+func kindOf(s setID) setKind {
+	switch s % setsPerFamily {
+	case setEndpoints, setLocalEndpoints, setNodePortEndpoints, setNodePortLocalEps:
+		return dataMap
+	case setAffinityFrontends, setAffinityNodePorts:
+		return verdictMap
+	case setFirewallAllow:
+		return intervalSet
+	}
+	return plainSet
+}
+
+// fromKernel is the elemVal of an element read from (or sent to) set s.
+func fromKernel(s setID, e nftables.SetElement) elemVal {
+	v := elemVal{comment: e.Comment}
+	switch kindOf(s) {
+	case dataMap:
+		v.val = string(e.Val)
+	case verdictMap:
+		if e.VerdictData != nil {
+			v.val = e.VerdictData.Chain
+		}
+	case intervalSet:
+		v.val = string(e.KeyEnd)
+	}
+	return v
+}
+
+// store is the element state of the table: what the services want
+// (refcounted, since several services may want one cluster IP or hairpin
+// pair), and for each key changed since the last commit, what the kernel
+// held before (dirty). Outside a Sync the kernel holds exactly what is
+// wanted, so no second copy of the table is kept.
 type store struct {
-	applied map[elemKey]elemVal
-	want    map[elemKey]*wanted
-	dirty   map[elemKey]struct{}
+	want  map[elemKey]wanted
+	dirty map[elemKey]applied
 	// fresh is set while nothing has been applied (a table built from
 	// nothing): every wanted key is then pending, and dirty is not kept.
 	fresh bool
@@ -37,12 +78,17 @@ type wanted struct {
 	refs int
 }
 
+// applied is what the kernel holds for a key, if anything.
+type applied struct {
+	elemVal
+	has bool
+}
+
 func newStore() *store {
 	return &store{
-		applied: make(map[elemKey]elemVal),
-		want:    make(map[elemKey]*wanted),
-		dirty:   make(map[elemKey]struct{}),
-		fresh:   true,
+		want:  make(map[elemKey]wanted),
+		dirty: make(map[elemKey]applied),
+		fresh: true,
 	}
 }
 
@@ -50,7 +96,7 @@ func newStore() *store {
 // a full Sync does not grow the map step by step.
 func (s *store) reserve(n int) {
 	if s.fresh && len(s.want) == 0 && n > 0 {
-		s.want = make(map[elemKey]*wanted, n)
+		s.want = make(map[elemKey]wanted, n)
 	}
 }
 
@@ -60,31 +106,50 @@ type element struct {
 	elemVal
 }
 
-func (s *store) add(e element) {
-	w := s.want[e.elemKey]
-	if w == nil {
-		w = &wanted{}
-		s.want[e.elemKey] = w
+// touch records, the first time k changes after a commit, what the
+// kernel holds for it: what was wanted then.
+func (s *store) touch(k elemKey, w wanted, had bool) {
+	if s.fresh {
+		return
 	}
-	w.refs++
-	// The last writer wins; maps have one owner per key by validation.
-	w.elemVal = e.elemVal
-	if !s.fresh {
-		s.dirty[e.elemKey] = struct{}{}
+	if _, ok := s.dirty[k]; !ok {
+		s.dirty[k] = applied{w.elemVal, had}
 	}
 }
 
+func (s *store) add(e element) {
+	w, ok := s.want[e.elemKey]
+	s.touch(e.elemKey, w, ok)
+	w.refs++
+	// The last writer wins; maps have one owner per key by validation.
+	w.elemVal = e.elemVal
+	s.want[e.elemKey] = w
+}
+
 func (s *store) remove(k elemKey) {
-	w := s.want[k]
-	if w == nil {
+	w, ok := s.want[k]
+	if !ok {
 		return
 	}
+	s.touch(k, w, true)
 	if w.refs--; w.refs <= 0 {
 		delete(s.want, k)
+	} else {
+		s.want[k] = w
 	}
-	if !s.fresh {
-		s.dirty[k] = struct{}{}
-	}
+}
+
+// adopted records that the kernel holds v for k, as read back from it:
+// compared with what is wanted at the next flush.
+func (s *store) adopted(k elemKey, v elemVal) {
+	s.dirty[k] = applied{v, true}
+}
+
+// kernel returns what the kernel holds for k in an adopted store before
+// its first commit.
+func (s *store) kernel(k elemKey) (elemVal, bool) {
+	a := s.dirty[k]
+	return a.elemVal, a.has
 }
 
 // change is one set's element changes for a batch.
@@ -104,18 +169,17 @@ func (s *store) pending(nsets int) ([]change, int) {
 		return out, len(s.want)
 	}
 	n := 0
-	for k := range s.dirty {
-		old, had := s.applied[k]
+	for k, old := range s.dirty {
 		w, want := s.want[k]
 		switch {
-		case had && want && old == w.elemVal:
+		case old.has && want && old.elemVal == w.elemVal:
 			continue
-		case had && want:
-			out[k.set].del = append(out[k.set].del, delElement(k, old))
+		case old.has && want:
+			out[k.set].del = append(out[k.set].del, delElement(k, old.elemVal))
 			out[k.set].add = append(out[k.set].add, setElement(k, w.elemVal))
 			n += 2
-		case had:
-			out[k.set].del = append(out[k.set].del, delElement(k, old))
+		case old.has:
+			out[k.set].del = append(out[k.set].del, delElement(k, old.elemVal))
 			n++
 		case want:
 			out[k.set].add = append(out[k.set].add, setElement(k, w.elemVal))
@@ -132,44 +196,34 @@ func (s *store) eachWanted(f func(setID, nftables.SetElement)) {
 	}
 }
 
-// committed records that the kernel now holds what was pending.
+// committed records that the kernel now holds what is wanted.
 func (s *store) committed() {
-	if s.fresh {
-		s.applied = make(map[elemKey]elemVal, len(s.want))
-		for k, w := range s.want {
-			s.applied[k] = w.elemVal
-		}
-		s.fresh = false
-		return
-	}
-	for k := range s.dirty {
-		if w, ok := s.want[k]; ok {
-			s.applied[k] = w.elemVal
-		} else {
-			delete(s.applied, k)
-		}
-	}
+	s.fresh = false
 	clear(s.dirty)
+}
+
+// clone returns a deep copy, for Plan to undo its preparation.
+func (s *store) clone() *store {
+	return &store{want: maps.Clone(s.want), dirty: maps.Clone(s.dirty), fresh: s.fresh}
 }
 
 func delElement(k elemKey, v elemVal) nftables.SetElement {
 	e := nftables.SetElement{Key: []byte(k.key)}
-	if v.keyEnd != "" {
-		e.KeyEnd = []byte(v.keyEnd)
+	if kindOf(k.set) == intervalSet {
+		e.KeyEnd = []byte(v.val)
 	}
 	return e
 }
 
 func setElement(k elemKey, v elemVal) nftables.SetElement {
 	e := nftables.SetElement{Key: []byte(k.key), Comment: v.comment}
-	if v.jump != "" {
-		e.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: v.jump}
-	}
-	if v.keyEnd != "" {
-		e.KeyEnd = []byte(v.keyEnd)
-	}
-	if v.val != "" {
+	switch kindOf(k.set) {
+	case dataMap:
 		e.Val = []byte(v.val)
+	case verdictMap:
+		e.VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: v.val}
+	case intervalSet:
+		e.KeyEnd = []byte(v.val)
 	}
 	return e
 }

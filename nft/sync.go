@@ -262,26 +262,27 @@ func (d *Dataplane) chunked(es []nftables.SetElement, send func([]nftables.SetEl
 // applyPort (re)computes a port's elements and swaps them into the store.
 func (d *Dataplane) applyPort(old *svcState, p *dataplane.ServicePort) *svcState {
 	pl := d.planPort(old, p)
-	s := &svcState{port: clonePort(p), groups: pl.groups}
+	s := &svcState{port: clonePort(p), groups: pl.groups, any: pl.any}
 	if old != nil {
-		for _, k := range old.elems {
-			d.st.remove(k)
-		}
+		d.removeElements(old)
 	}
 	d.track(old, s)
-	elems := d.elements(p, pl)
-	s.elems = make([]elemKey, len(elems))
-	for i, e := range elems {
+	for _, e := range d.elements(p, pl) {
 		d.st.add(e)
-		s.elems[i] = e.elemKey
 	}
 	return s
 }
 
-func (d *Dataplane) removePort(s *svcState) {
-	for _, k := range s.elems {
-		d.st.remove(k)
+// removeElements takes s's elements out of the store. They are computed
+// again rather than kept: the same port and plan give the same elements.
+func (d *Dataplane) removeElements(s *svcState) {
+	for _, e := range d.elements(&s.port, plan{groups: s.groups, any: s.any}) {
+		d.st.remove(e.elemKey)
 	}
+}
+
+func (d *Dataplane) removePort(s *svcState) {
+	d.removeElements(s)
 	d.untrack(s)
 }
 
