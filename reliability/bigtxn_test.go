@@ -60,6 +60,37 @@ func bigState(epPort uint16) *dataplane.State {
 	return st
 }
 
+// dumpSet lists a set's elements. A dump of a large hash set can return
+// a key twice while the kernel is still resizing the table after a big
+// batch (the walk crosses the resize); a set cannot hold a key twice, so
+// such a dump is read again.
+func dumpSet(t *testing.T, c *nftables.Conn, s *nftables.Set) []nftables.SetElement {
+	t.Helper()
+	for try := 1; ; try++ {
+		elems, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("list elements of %s: %v", s.Name, err)
+		}
+		seen := make(map[string]bool, len(elems))
+		dup := ""
+		for _, e := range elems {
+			if k := string(e.Key) + "/" + string(e.KeyEnd); seen[k] {
+				dup = k
+			} else {
+				seen[k] = true
+			}
+		}
+		if dup == "" {
+			return elems
+		}
+		if try == 5 {
+			t.Fatalf("5 dumps of %s each listed a key twice (last: %x)", s.Name, dup)
+		}
+		t.Logf("a dump of %s listed key %x twice; reading it again", s.Name, dup)
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // kernelBuckets reads every element of the backend's table back from
 // the kernel and checks the endpoint maps: each frontend has exactly the
 // 64 slots 0-63, each pointing at a different one of want's endpoints.
@@ -77,10 +108,7 @@ func kernelBuckets(t *testing.T, fd int, want map[int][]netip.AddrPort) map[stri
 	}
 	out := map[string]int{}
 	for _, s := range sets {
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			t.Fatalf("list elements of %s: %v", s.Name, err)
-		}
+		elems := dumpSet(t, c, s)
 		out[s.Name] = len(elems)
 		if !bucketMap.MatchString("  set " + s.Name + " ") {
 			continue
