@@ -23,6 +23,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"github.com/mdlayher/netlink/nlenc"
 	"golang.org/x/sys/unix"
+
+	"github.com/svcplane/svcplane/internal/nlpipe"
 )
 
 // ErrNoIPVS is returned by Dial when the kernel has no IPVS (the ip_vs
@@ -121,15 +123,17 @@ type Dest struct {
 type Conn struct {
 	mu     sync.Mutex
 	c      *genetlink.Conn
+	pipe   *nlpipe.Pipe // c's socket, for batches
 	family uint16
 	counts Counts
 }
 
 // Counts is the netlink traffic a Conn sent: requests that change IPVS
 // (Writes, and their bytes as sent: netlink and genetlink headers
-// included) and requests that only read (Reads: dumps and GET_INFO).
+// included), requests that only read (Reads: dumps and GET_INFO), and
+// the sendmsg calls of Batches (Sends; each carries many Writes).
 type Counts struct {
-	Writes, WriteBytes, Reads int64
+	Writes, WriteBytes, Reads, Sends int64
 }
 
 // Counts returns what c sent since Dial.
@@ -147,10 +151,16 @@ func Dial(nsFd int) (*Conn, error) {
 	if nsFd >= 0 {
 		cfg.NetNS = nsFd
 	}
-	c, err := genetlink.Dial(cfg)
+	nc, err := netlink.Dial(unix.NETLINK_GENERIC, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("dial generic netlink: %w", err)
 	}
+	pipe, err := nlpipe.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("dial generic netlink: %w", err)
+	}
+	c := genetlink.NewConn(nc)
 	f, err := c.GetFamily("IPVS")
 	if err != nil {
 		c.Close()
@@ -159,7 +169,7 @@ func Dial(nsFd int) (*Conn, error) {
 		}
 		return nil, fmt.Errorf("look up the IPVS netlink family: %w", err)
 	}
-	return &Conn{c: c, family: f.ID}, nil
+	return &Conn{c: c, pipe: pipe, family: f.ID}, nil
 }
 
 // Close closes the connection.

@@ -139,3 +139,107 @@ func TestServicesAndDests(t *testing.T) {
 	}
 	t.Logf("error for a missing service: %v", err)
 }
+
+// A Batch sends many requests per sendmsg; every request gets its own
+// outcome, in order, and a refused one in the middle of a chunk does not
+// stop the ones after it (nor hide their acks). Enough requests for
+// several chunks, so that the acks of one chunk fill a receive buffer of
+// the default size many times over.
+func TestBatch(t *testing.T) {
+	ns := newNS(t)
+	if !hasIPVS(t, ns) {
+		t.Skip("this kernel has no IPVS: run `make test-vm` to test against Debian's kernels")
+	}
+	c, err := Dial(ns.Fd())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const services, dests = 300, 5
+	b := c.Batch()
+	var got []string // outcomes in callback order
+	var want []string
+	var refused error
+	svc := func(i int) *Service {
+		return &Service{Addr: netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}), Protocol: unix.IPPROTO_TCP, Port: 80, Scheduler: "rr"}
+	}
+	record := func(name string) func(error) error {
+		return func(err error) error {
+			if err != nil {
+				got = append(got, name+": "+err.Error())
+				return err
+			}
+			got = append(got, name)
+			return nil
+		}
+	}
+	for i := range services {
+		s := svc(i)
+		name := s.Addr.String()
+		if err := b.NewService(s, record(name)); err != nil {
+			t.Fatalf("queue %s: %v", name, err)
+		}
+		want = append(want, name)
+		for j := range dests {
+			d := &Dest{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i), byte(j + 1)}), Port: 8080, Weight: 1}
+			dname := name + " " + d.Addr.String()
+			if err := b.NewDest(s, d, record(dname)); err != nil {
+				t.Fatalf("queue %s: %v", dname, err)
+			}
+			want = append(want, dname)
+		}
+		if i == 150 {
+			// The same service again: EEXIST, in the middle of a chunk.
+			// (The callback returns nil: the Batch goes on sending.)
+			err := b.NewService(s, func(err error) error {
+				refused = err
+				got = append(got, "again")
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("queue again: %v", err)
+			}
+			want = append(want, "again")
+		}
+	}
+	if err := b.Flush(); err != nil || !errors.Is(refused, unix.EEXIST) {
+		t.Fatalf("Flush = %v, the refused request's error %v (want EEXIST)", err, refused)
+	}
+	t.Logf("the refused request: %v", refused)
+	if !slices.Equal(got, want) {
+		t.Fatalf("callbacks ran %d times, want %d (first difference: %v)", len(got), len(want), firstDiff(got, want))
+	}
+	if n := c.Counts(); n.Writes != services*(dests+1)+1 || n.Sends < 2 {
+		t.Fatalf("Counts = %+v, want %d writes in more than one send", n, services*(dests+1)+1)
+	}
+	all, err := c.Services()
+	if err != nil || len(all) != services {
+		t.Fatalf("Services: %d, %v; want %d", len(all), err, services)
+	}
+	if ds, err := c.Dests(svc(services - 1)); err != nil || len(ds) != dests {
+		t.Fatalf("Dests of the last service: %+v, %v", ds, err)
+	}
+	// The Conn's own calls still work after a batch.
+	if err := c.DelService(svc(0)); err != nil {
+		t.Fatal(err)
+	}
+	// Deleting what is missing fails with the kernel's errno, by
+	// request; Flush returns the first error a callback returns, after
+	// every callback ran.
+	var errs []error
+	for _, i := range []int{0, 1} {
+		b.DelService(svc(i), func(err error) error { errs = append(errs, err); return err })
+	}
+	if err := b.Flush(); len(errs) != 2 || err != errs[0] || !errors.Is(errs[0], unix.ESRCH) || errs[1] != nil {
+		t.Fatalf("Flush = %v; outcomes %v, want [ESRCH, nil]", err, errs)
+	}
+}
+
+func firstDiff(a, b []string) string {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return a[i] + " != " + b[i]
+		}
+	}
+	return "one is a prefix of the other"
+}
