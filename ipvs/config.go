@@ -15,6 +15,7 @@ import (
 	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/netnsutil"
 	"github.com/svcplane/svcplane/internal/nftbatch"
+	"github.com/svcplane/svcplane/internal/rtaddr"
 )
 
 // Defaults for Config's empty fields.
@@ -59,6 +60,7 @@ type Dataplane struct {
 	ns   *netnsutil.NS
 	ipvs *ipvsnl.Conn
 	nl   *netlink.Handle
+	rt   *rtaddr.Conn // adds service IPs, many per request
 	nft  *nftables.Conn
 
 	table *nftables.Table
@@ -124,6 +126,10 @@ func New(cfg Config) (*Dataplane, error) {
 		d.Close()
 		return nil, fmt.Errorf("ipvs: open rtnetlink: %w", err)
 	}
+	if d.rt, err = rtaddr.Dial(d.ns.Fd()); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("ipvs: open rtnetlink: %w", err)
+	}
 	if d.nft, err = nftables.New(nftables.WithNetNSFd(d.ns.Fd()), nftables.AsLasting(),
 		// Buffers for large batches; syncTable raises them further.
 		d.sock.Option(minSendBuffer, recvBuffer)); err != nil {
@@ -173,6 +179,10 @@ func (d *Dataplane) Close() error {
 	if d.nl != nil {
 		d.nl.Close()
 		d.nl = nil
+	}
+	if d.rt != nil {
+		errs = append(errs, d.rt.Close())
+		d.rt = nil
 	}
 	if d.nft != nil {
 		errs = append(errs, d.nft.CloseLasting())

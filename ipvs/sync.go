@@ -160,18 +160,27 @@ func (d *Dataplane) Sync(ctx context.Context, desired *dataplane.State) error {
 		}
 		undo.add(func() error { return d.nl.LinkDel(dev) })
 	}
-	// Addresses first, so IPVS and the reject rule see them together.
+	// Addresses first, so IPVS and the reject rule see them together;
+	// many per request.
+	var adds []netip.Addr
 	for a := range want.addrs {
 		if !d.addrs[a] {
-			if err := d.nl.AddrReplace(dev, hostAddr(a)); err != nil {
-				return failed(fmt.Errorf("ipvs: add %s to %s: %w", a, d.cfg.Device, err))
-			}
-			d.addrs[a] = true
-			undo.add(func() error {
-				delete(d.addrs, a)
-				return d.nl.AddrDel(dev, hostAddr(a))
-			})
+			adds = append(adds, a)
 		}
+	}
+	slices.SortFunc(adds, netip.Addr.Compare)
+	if err := d.rt.Replace(dev.Attrs().Index, adds, unix.IFA_F_NODAD, func(a netip.Addr, err error) error {
+		if err != nil {
+			return fmt.Errorf("ipvs: add %s to %s: %w", a, d.cfg.Device, err)
+		}
+		d.addrs[a] = true
+		undo.add(func() error {
+			delete(d.addrs, a)
+			return d.nl.AddrDel(dev, hostAddr(a))
+		})
+		return nil
+	}); err != nil {
+		return failed(err)
 	}
 	oldElems, hadTable := d.elems, !rebuild || d.tableExists()
 	if err := d.syncTable(rebuild, want.elems); err != nil {
@@ -525,7 +534,12 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 	return nil
 }
 
-// syncVirtuals sends the IPVS operations that make applied equal want.
+// syncVirtuals sends the IPVS operations that make applied equal want,
+// pipelined (ipvsnl.Batch): many requests per sendmsg, their acks read
+// after. Each request's callback runs when its ack is read, in order,
+// and logs the inverse of a request that succeeded; a refused one fails
+// the Sync, which then undoes those. applied is updated as requests are
+// queued: when one fails, it is dropped and read again next time.
 func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([]ctclean.Flow, error) {
 	fail := func(err error) ([]ctclean.Flow, error) {
 		d.applied = nil // read the kernel again next time
@@ -537,62 +551,73 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([
 			stale = append(stale, ctclean.Flow{IPv6: s.Addr.Is6(), Addr: s.Addr, Port: s.Port, Endpoint: ep})
 		}
 	}
+	b := d.ipvs.Batch()
 	keys := slices.SortedFunc(maps.Keys(want), compareKeys)
 	for _, k := range keys {
 		w := want[k]
+		// done returns a callback that names the service port in an
+		// error and otherwise logs inverse.
+		done := func(inverse func() error) func(error) error {
+			return func(err error) error {
+				if err != nil {
+					return fmt.Errorf("%s: %w", w.name, err)
+				}
+				undo.add(inverse)
+				return nil
+			}
+		}
 		have := d.applied[k]
 		if have == nil {
-			if err := d.ipvs.NewService(&w.svc); err != nil {
-				return fail(fmt.Errorf("%s: %w", w.name, err))
-			}
 			svc := w.svc
-			undo.add(func() error { return gone(d.ipvs.DelService(&svc)) })
+			if err := b.NewService(&svc, done(func() error { return gone(d.ipvs.DelService(&svc)) })); err != nil {
+				return fail(err)
+			}
 			have = &virtual{svc: w.svc, dests: map[netip.AddrPort]uint32{}, name: w.name}
 			d.applied[k] = have
 			if serving(w.dests) {
 				staleTo(&w.svc, netip.Addr{}) // datagrams sent before it existed
 			}
 		} else if have.svc != w.svc {
-			if err := d.ipvs.UpdateService(&w.svc); err != nil {
-				return fail(fmt.Errorf("%s: %w", w.name, err))
+			svc, prev := w.svc, have.svc
+			if err := b.UpdateService(&svc, done(func() error { return d.ipvs.UpdateService(&prev) })); err != nil {
+				return fail(err)
 			}
-			prev := have.svc
-			undo.add(func() error { return d.ipvs.UpdateService(&prev) })
 			have.svc = w.svc
 		}
 		if !serving(have.dests) && serving(w.dests) {
 			staleTo(&w.svc, netip.Addr{}) // its first endpoint
 		}
 		for ap, weight := range w.dests {
-			dst := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: weight}
 			old, ok := have.dests[ap]
-			svc := w.svc
-			switch {
-			case !ok:
-				if err := d.ipvs.NewDest(&w.svc, dst); err != nil {
-					return fail(fmt.Errorf("%s: %w", w.name, err))
-				}
-				undo.add(func() error { return gone(d.ipvs.DelDest(&svc, dst)) })
-			case old != weight:
-				if err := d.ipvs.UpdateDest(&w.svc, dst); err != nil {
-					return fail(fmt.Errorf("%s: %w", w.name, err))
-				}
-				undo.add(func() error {
-					return d.ipvs.UpdateDest(&svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: old})
-				})
-			default:
+			if ok && old == weight {
 				continue
+			}
+			dst := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: weight}
+			svc := w.svc
+			var err error
+			if !ok {
+				err = b.NewDest(&svc, dst, done(func() error { return gone(d.ipvs.DelDest(&svc, dst)) }))
+			} else {
+				err = b.UpdateDest(&svc, dst, done(func() error {
+					return d.ipvs.UpdateDest(&svc, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: old})
+				}))
+			}
+			if err != nil {
+				return fail(err)
 			}
 			have.dests[ap] = weight
 		}
-		if err := d.leave(w, have, staleTo, undo); err != nil {
-			return fail(fmt.Errorf("%s: %w", w.name, err))
+		if err := d.leave(b, w, have, staleTo, undo); err != nil {
+			return fail(err)
 		}
 	}
 	for k, have := range d.applied {
-		if _, ok := want[k]; !ok {
-			if err := gone(d.ipvs.DelService(&have.svc)); err != nil {
-				return fail(err)
+		if _, ok := want[k]; ok {
+			continue
+		}
+		err := b.DelService(&have.svc, func(err error) error {
+			if err := gone(err); err != nil {
+				return err
 			}
 			undo.add(func() error {
 				if err := d.ipvs.NewService(&have.svc); err != nil {
@@ -605,9 +630,16 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([
 				}
 				return nil
 			})
-			delete(d.applied, k)
-			staleTo(&have.svc, netip.Addr{})
+			return nil
+		})
+		if err != nil {
+			return fail(err)
 		}
+		delete(d.applied, k)
+		staleTo(&have.svc, netip.Addr{})
+	}
+	if err := b.Flush(); err != nil {
+		return fail(err)
 	}
 	return stale, nil
 }
@@ -622,32 +654,33 @@ func serving(dests map[netip.AddrPort]uint32) bool {
 	return false
 }
 
-// leave takes the real servers of have that w no longer lists (their
-// endpoints left the State, or serve no more) out of service. A TCP real
-// server drains, as in kube-proxy's IPVS mode: it first gets weight 0
-// (no new connections; its open ones go on), and a later Sync deletes it
-// once IPVS counts no connection to it (TIME_WAIT included). UDP and
-// SCTP real servers are deleted at once: their flows move to another
-// endpoint with their next datagram (vs/expire_nodest_conn), and stale
-// is told their conntrack entries.
-func (d *Dataplane) leave(w, have *virtual, stale func(*ipvsnl.Service, netip.Addr), undo *undoLog) error {
+// leave queues on b what takes the real servers of have that w no longer
+// lists (their endpoints left the State, or serve no more) out of
+// service. A TCP real server that carries connections drains, as in
+// kube-proxy's IPVS mode: it gets weight 0 (no new connections; its open
+// ones go on), and a later Sync deletes it once IPVS counts no
+// connection to it (TIME_WAIT included). One that carries none (one read
+// of the service's real servers tells) is deleted at once, as are UDP
+// and SCTP real servers: their flows move to another endpoint with their
+// next datagram (vs/expire_nodest_conn), and stale is told their
+// conntrack entries.
+func (d *Dataplane) leave(b *ipvsnl.Batch, w, have *virtual, stale func(*ipvsnl.Service, netip.Addr), undo *undoLog) error {
 	var leaving []netip.AddrPort
-	check := false
-	for ap, weight := range have.dests {
+	for ap := range have.dests {
 		if _, ok := w.dests[ap]; !ok {
 			leaving = append(leaving, ap)
-			check = check || weight == 0
 		}
 	}
 	if len(leaving) == 0 {
 		return nil
 	}
+	named := func(err error) error { return fmt.Errorf("%s: %w", w.name, err) }
 	drain := w.svc.Protocol == unix.IPPROTO_TCP
 	busy := map[netip.AddrPort]bool{}
-	if drain && check {
+	if drain {
 		ds, err := d.ipvs.Dests(&w.svc)
 		if err != nil {
-			return err
+			return named(err)
 		}
 		for _, x := range ds {
 			busy[netip.AddrPortFrom(x.Addr, x.Port)] = x.ActiveConns+x.InactiveConns > 0
@@ -658,22 +691,32 @@ func (d *Dataplane) leave(w, have *virtual, stale func(*ipvsnl.Service, netip.Ad
 	for _, ap := range leaving {
 		dst := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port()}
 		was := &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: have.dests[ap]}
+		var err error
 		switch {
-		case drain && was.Weight != 0:
-			if err := d.ipvs.UpdateDest(&svc, dst); err != nil {
-				return err
-			}
-			undo.add(func() error { return d.ipvs.UpdateDest(&svc, was) })
+		case drain && busy[ap] && was.Weight != 0:
+			err = b.UpdateDest(&svc, dst, func(err error) error {
+				if err != nil {
+					return named(err)
+				}
+				undo.add(func() error { return d.ipvs.UpdateDest(&svc, was) })
+				return nil
+			})
 			have.dests[ap] = 0
 		case drain && busy[ap]:
 			// Draining: connections remain.
 		default:
-			if err := gone(d.ipvs.DelDest(&svc, dst)); err != nil {
-				return err
-			}
-			undo.add(func() error { return d.ipvs.NewDest(&svc, was) })
+			err = b.DelDest(&svc, dst, func(err error) error {
+				if err := gone(err); err != nil {
+					return named(err)
+				}
+				undo.add(func() error { return d.ipvs.NewDest(&svc, was) })
+				return nil
+			})
 			delete(have.dests, ap)
 			stale(&svc, ap.Addr())
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil
