@@ -262,7 +262,7 @@ func (d *Dataplane) readDeviceAddrs(dev netlink.Link) ([]netlink.Addr, error) {
 	if dev == nil {
 		return nil, nil
 	}
-	list, err := d.nl.AddrList(dev, netlink.FAMILY_ALL)
+	list, err := d.addrList(dev)
 	if err != nil {
 		return nil, fmt.Errorf("ipvs: list addresses of %s: %w", d.cfg.Device, err)
 	}
@@ -285,11 +285,23 @@ func (d *Dataplane) readDeviceAddrs(dev netlink.Link) ([]netlink.Addr, error) {
 	return junk, nil
 }
 
+// addrList lists the addresses of link (nil: of every link). A dump
+// that addresses changed during (another program's, say) comes back
+// with ErrDumpInterrupted and may be partial: it is read again.
+func (d *Dataplane) addrList(link netlink.Link) ([]netlink.Addr, error) {
+	for i := 0; ; i++ {
+		list, err := d.nl.AddrList(link, netlink.FAMILY_ALL)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 4 {
+			return list, err
+		}
+	}
+}
+
 // nodeAddrs returns the addresses NodePorts listen on: the namespace's
 // addresses but loopback, link-local and the device's (index devIndex),
 // filtered by Node.NodePortAddrs when set.
 func (d *Dataplane) nodeAddrs(devIndex int) ([]netip.Addr, error) {
-	list, err := d.nl.AddrList(nil, netlink.FAMILY_ALL)
+	list, err := d.addrList(nil)
 	if err != nil {
 		return nil, fmt.Errorf("ipvs: list addresses: %w", err)
 	}
@@ -775,7 +787,7 @@ func (d *Dataplane) Cleanup(ctx context.Context) error {
 	devIndex := -1
 	if l, err := d.nl.LinkByName(d.cfg.Device); err == nil {
 		devIndex = l.Attrs().Index
-		list, _ := d.nl.AddrList(l, netlink.FAMILY_ALL)
+		list, _ := d.addrList(l)
 		for _, a := range list {
 			if ip, ok := netip.AddrFromSlice(a.IP); ok {
 				ours[ip.Unmap()] = true
