@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,6 +122,14 @@ type load struct {
 	// port, flowPort+worker, kept for the whole run.
 	flows    bool
 	flowPort uint16
+	// freshPort, when set, gives each request of a load of new UDP
+	// flows its own source port: freshPort, freshPort+1, … (max ports,
+	// then it stops). An ephemeral port may be one an earlier request
+	// used within the kernel's memory of that flow (IPVS keeps a UDP
+	// connection 5 minutes, conntrack 30 s or more), and its datagram
+	// then continues that flow, to the endpoint it had: it is not new.
+	freshPort uint16
+	nextPort  atomic.Uint32
 
 	mu       sync.Mutex
 	attempts []attempt
@@ -160,6 +169,13 @@ func (l *load) start(ctx context.Context) {
 				default:
 				}
 				next = next.Add(interval)
+				if l.freshPort != 0 {
+					n := l.nextPort.Add(1) - 1
+					if n >= uint32(l.max) || uint32(l.freshPort)+n > 65535 {
+						return
+					}
+					opt.LocalPort = l.freshPort + uint16(n)
+				}
 				a := attempt{flow: flow, start: time.Now()}
 				l.mu.Lock()
 				l.inflight[w] = a.start
