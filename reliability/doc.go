@@ -11,15 +11,14 @@
 //   - TestChurnUnderLoad: a rolling update replaces all 4 endpoints of a
 //     service 25 times over (new pod added ready, old one marked
 //     terminating, then removed: one Sync each) while a client pod opens
-//     800 TCP connections a second, sends 200 UDP requests a second from
-//     fresh ports, and keeps 4 UDP flows on fixed ports. Pods serve while
-//     terminating and go only once out of the State and idle (half the
-//     rates under the race detector). No TCP
-//     connection and no fresh UDP request may fail or reach a pod that
-//     was not in the State (nor a new TCP connection one already
-//     terminating);
-//     every long-lived UDP flow must be answered by a live endpoint
-//     within 2 s of every Sync.
+//     800 TCP connections a second, sends 200 UDP requests a second on
+//     new flows (each from a source port no earlier request used), and
+//     keeps 4 UDP flows on fixed ports. Pods serve while terminating and
+//     go only once out of the State and idle (half the rates under the
+//     race detector). No TCP connection and no request on a new UDP
+//     flow may fail, reach a pod that was not in the State, or reach
+//     one already terminating; every long-lived UDP flow must be
+//     answered by a live endpoint within 2 s of every Sync.
 //   - TestRestartUnderLoad: the process holding the Dataplane (this test
 //     binary, re-run as TestRestartHelper) is SIGKILLed inside a Sync
 //     three times under the same load; a new process adopts the
@@ -62,13 +61,16 @@
 //   - TestNoExecInLibraries: no library package, nor anything linked
 //     into one, imports os/exec (go list -deps).
 //
-// Known failure: on the ipvs backend, in a VM running at full speed (200
-// TCP connections and 50 fresh UDP requests a second), TestChurnUnderLoad
-// lost 2 of 6072 fresh UDP requests. The likely cause, not yet proven: a
-// request from a source port used within IPVS's UDP timeout (5 minutes
-// by default) follows the old IPVS connection, whose real server a
-// rolling update removes. make test
-// leaves that test to make test-vm until it is fixed (issue 6).
+// New UDP flows get source ports of their own because a port the
+// kernel hands out again continues the flow it had (issue 6). With
+// ephemeral ports, TestChurnUnderLoad on ipvs lost 2 of 6072 "fresh"
+// UDP requests once, and 1 of 8184 in one of 8 runs later; with ports
+// reused on purpose, every request lost came from a port whose last
+// request had gone to the pod being removed. IPVS keeps a UDP
+// connection 5 minutes: such a request was dropped, or answered by
+// that pod after IPVS had forgotten the connection, so the answer came
+// back untranslated (see package ipvs). The long-lived flows are where
+// such losses are allowed.
 //
 // Run `go test -v -run TestChurnUnderLoad ./reliability` to see the
 // counts each test logs.
