@@ -32,9 +32,20 @@
 //     the service drains as in kube-proxy's IPVS mode: weight 0, and a
 //     later Sync deletes it once IPVS counts no connection to it
 //     (TIME_WAIT ones included). UDP and SCTP real servers of endpoints
-//     that leave are deleted at once; their flows move to another
-//     endpoint with their next datagram (vs/expire_nodest_conn) and
-//     their conntrack entries are deleted.
+//     that leave are deleted at once (kept, they would go on taking the
+//     flows IPVS already sends them, to an endpoint that is gone), and
+//     their UDP conntrack entries are deleted; their flows move to
+//     another endpoint (vs/expire_nodest_conn). Moving costs a flow
+//     what it costs in kube-proxy's IPVS mode: IPVS forgets the
+//     connections of a deleted real server a tick later (8-17 ms in
+//     the 6.1 VM), so the answer to a datagram that was on its way to
+//     the endpoint comes back untranslated and is lost, and a datagram
+//     that arrives in between, while the flow's conntrack entry is
+//     still there, is dropped. To IPVS a flow is the client's address
+//     and port: a client that sends from a port it used within IPVS's
+//     UDP timeout (5 minutes by default; Config.UDPTimeout) continues
+//     the old flow. New flows go to ready endpoints only, while there
+//     are any.
 //   - The per-namespace IPVS sysctls kube-proxy sets: vs/conntrack (so
 //     netfilter sees IPVS connections and can masquerade them),
 //     vs/expire_nodest_conn and vs/expire_quiescent_template.

@@ -673,9 +673,9 @@ func serving(dests map[netip.AddrPort]uint32) bool {
 // ones go on), and a later Sync deletes it once IPVS counts no
 // connection to it (TIME_WAIT included). One that carries none (one read
 // of the service's real servers tells) is deleted at once, as are UDP
-// and SCTP real servers: their flows move to another endpoint with their
-// next datagram (vs/expire_nodest_conn), and stale is told their
-// conntrack entries.
+// and SCTP real servers: their flows move to another endpoint
+// (vs/expire_nodest_conn; the package doc says what a moving UDP flow
+// loses), and stale is told their conntrack entries.
 func (d *Dataplane) leave(b *ipvsnl.Batch, w, have *virtual, stale func(*ipvsnl.Service, netip.Addr), undo *undoLog) error {
 	var leaving []netip.AddrPort
 	for ap := range have.dests {
