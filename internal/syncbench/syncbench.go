@@ -245,9 +245,14 @@ var Node = dataplane.Node{
 
 // Port returns service port i (0-based) of a benchmark State: IPv4
 // ClusterIP, TCP port 80, with e ready endpoints on other nodes.
-// Endpoint addresses are spread over 198.18.0.0/16 (with the port
-// telling apart the ones that wrap), so every endpoint of the State is
-// distinct.
+// Endpoint k of the State (k = i·e + j) has address 198.18.0.0/16 host
+// k/4+1 and port 8080 + k%4: every endpoint is distinct, and every
+// address serves 4 endpoints (often of neighbouring services) at every
+// size, as a pod behind several services does. Sharing is what the
+// largest sizes (250,000 endpoints; a /16 holds 65,534 hosts) cannot
+// avoid, so the smaller ones share alike: a change then costs the same
+// messages at every size, since an address's hairpin element stays while
+// another endpoint uses it.
 func Port(i, e int) dataplane.ServicePort {
 	c := i + 1
 	p := dataplane.ServicePort{
@@ -263,13 +268,17 @@ func Port(i, e int) dataplane.ServicePort {
 	return p
 }
 
-const hostsPerWrap = 65534
+const (
+	endpointsPerAddr = 4
+	hostsPerWrap     = 65534 // hosts of 198.18.0.0/16; past them, ports 8084... start
+)
 
 func endpoint(k int) dataplane.Endpoint {
-	h := k%hostsPerWrap + 1
+	a := k / endpointsPerAddr
+	h := a%hostsPerWrap + 1
 	return dataplane.Endpoint{
 		Addr:     netip.AddrFrom4([4]byte{198, 18, byte(h >> 8), byte(h)}),
-		Port:     uint16(8080 + k/hostsPerWrap),
+		Port:     uint16(8080 + k%endpointsPerAddr + endpointsPerAddr*(a/hostsPerWrap)),
 		NodeName: "node-b",
 		Ready:    true, Serving: true,
 	}
