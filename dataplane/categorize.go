@@ -138,8 +138,20 @@ func topologyHint(eps []Endpoint, node *Node) func(*Endpoint) bool {
 	return func(*Endpoint) bool { return true }
 }
 
+// filter returns the endpoints keep accepts, in a slice of their own
+// (counted first: one allocation of the right size, since a State can
+// hold a million endpoints).
 func filter(eps []Endpoint, keep func(*Endpoint) bool) []Endpoint {
-	var out []Endpoint
+	n := 0
+	for i := range eps {
+		if keep(&eps[i]) {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]Endpoint, 0, n)
 	for i := range eps {
 		if keep(&eps[i]) {
 			out = append(out, eps[i])

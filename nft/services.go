@@ -128,26 +128,24 @@ type plan struct {
 // IP of, reusing old's slot assignments.
 func (d *Dataplane) planPort(old *svcState, p *dataplane.ServicePort) plan {
 	cat := dataplane.Categorize(p, &d.cfg.Node)
-	lists := map[role][]dataplane.Endpoint{roleInternal: cat.Internal(p)}
+	// The roles this port has, and each one's endpoints.
+	lists := [...][]dataplane.Endpoint{roleInternal: cat.Internal(p), roleCluster: cat.Cluster, roleLocal: cat.Local}
+	roles := 1
 	if p.NodePort != 0 || len(p.ExternalIPs) > 0 || len(p.LoadBalancerIPs) > 0 {
-		lists[roleCluster] = cat.Cluster
+		roles = 2
 		if p.ExternalLocal {
-			lists[roleLocal] = cat.Local
+			roles = 3
 		}
 	}
 	out := plan{any: cat.Any}
 	for _, cip := range p.ClusterIPs {
 		f := famOf(cip)
-		for _, r := range []role{roleInternal, roleCluster, roleLocal} {
-			eps, ok := lists[r]
-			if !ok {
-				continue
-			}
-			g := &group{fam: f, role: r}
-			seen := make(map[netip.AddrPort]bool)
+		for r := range role(roles) {
+			eps := lists[r]
+			// Validate has made sure no endpoint is listed twice.
+			g := &group{fam: f, role: r, eps: make([]netip.AddrPort, 0, len(eps))}
 			for _, e := range eps {
-				if ap := e.AddrPort(); famOf(ap.Addr()) == f && !seen[ap] {
-					seen[ap] = true
+				if ap := e.AddrPort(); famOf(ap.Addr()) == f {
 					g.eps = append(g.eps, ap)
 				}
 			}
