@@ -18,15 +18,18 @@ import (
 // A Batch is not safe for concurrent use; the Conn it came from stays
 // usable (its calls wait while a chunk is sent and answered).
 type Batch struct {
-	c   *Conn
-	buf []byte // the queued messages, encoded
-	ops []queued
+	c    *Conn
+	buf  []byte // the queued messages, encoded
+	ops  []queued
+	acks []error
 }
 
+// queued is a request in the buffer: what names it in an error, and
+// its callback.
 type queued struct {
-	seq  uint32
-	op   string
+	cmd  uint8
 	key  Key
+	dest netip.AddrPort // of a real server's request
 	done func(error) error
 }
 
@@ -44,71 +47,101 @@ func (c *Conn) Batch() *Batch { return &Batch{c: c} }
 // When a queueing call sends the queue and returns an error, its own
 // request is not queued (and done is not called).
 func (b *Batch) NewService(s *Service, done func(error) error) error {
-	data, err := encodeService(s, true)
-	return b.add(cmdNewService, data, err, "add service", s.Key(), done)
+	return b.add(cmdNewService, s, nil, done)
 }
 
 // UpdateService queues changing a service's scheduler, flags and timeout.
 func (b *Batch) UpdateService(s *Service, done func(error) error) error {
-	data, err := encodeService(s, true)
-	return b.add(cmdSetService, data, err, "update service", s.Key(), done)
+	return b.add(cmdSetService, s, nil, done)
 }
 
 // DelService queues deleting a service and its real servers.
 func (b *Batch) DelService(s *Service, done func(error) error) error {
-	data, err := encodeService(s, false)
-	return b.add(cmdDelService, data, err, "delete service", s.Key(), done)
+	return b.add(cmdDelService, s, nil, done)
 }
 
 // NewDest queues adding a real server to s.
 func (b *Batch) NewDest(s *Service, d *Dest, done func(error) error) error {
-	data, err := encodeDest(s, d, true)
-	return b.add(cmdNewDest, data, err, "add real server "+netip.AddrPortFrom(d.Addr, d.Port).String()+" to", s.Key(), done)
+	return b.add(cmdNewDest, s, d, done)
 }
 
 // UpdateDest queues changing a real server's weight.
 func (b *Batch) UpdateDest(s *Service, d *Dest, done func(error) error) error {
-	data, err := encodeDest(s, d, true)
-	return b.add(cmdSetDest, data, err, "update real server "+netip.AddrPortFrom(d.Addr, d.Port).String()+" of", s.Key(), done)
+	return b.add(cmdSetDest, s, d, done)
 }
 
 // DelDest queues removing a real server from s.
 func (b *Batch) DelDest(s *Service, d *Dest, done func(error) error) error {
-	data, err := encodeDest(s, d, false)
-	return b.add(cmdDelDest, data, err, "delete real server "+netip.AddrPortFrom(d.Addr, d.Port).String()+" of", s.Key(), done)
+	return b.add(cmdDelDest, s, d, done)
 }
 
-// add queues one request, and sends the queue when it is full.
-func (b *Batch) add(cmd uint8, data []byte, encErr error, op string, k Key, done func(error) error) error {
-	if encErr != nil {
-		// Nothing to send: the outcome is known now. Earlier requests
-		// go first, so that callbacks run in order.
-		ferr := b.Flush()
-		if err := done(opErr(op, k, encErr)); err != nil && ferr == nil {
-			ferr = err
-		}
-		return ferr
-	}
-	size := 16 + 4 + len(data)
+// add queues one request (d is nil for a service's), encoding it
+// straight into the buffer, and first sends the queue when it is full.
+func (b *Batch) add(cmd uint8, s *Service, d *Dest, done func(error) error) error {
+	// At most: the headers, the service attribute with its name, the
+	// real server attribute.
+	size := 16 + 4 + 84 + len(s.Scheduler) + 72
 	if len(b.ops) >= BatchMessages || len(b.buf)+size > nlpipe.MaxBytes {
 		if err := b.Flush(); err != nil {
 			return err // and this request is not queued
 		}
 	}
-	b.c.mu.Lock()
-	seq := b.c.pipe.Next()
-	b.c.mu.Unlock()
+	q := queued{cmd: cmd, key: s.Key(), done: done}
+	start := len(b.buf)
+	b.buf = nlpipe.Begin(b.buf, b.c.family, 0)
 	// struct genlmsghdr: command, version 1, reserved.
-	b.buf = nlpipe.Append(b.buf, b.c.family, 0, seq, []byte{cmd, 1, 0, 0}, data)
-	b.ops = append(b.ops, queued{seq: seq, op: op, key: k, done: done})
+	b.buf = append(b.buf, cmd, 1, 0, 0)
+	var err error
+	if d == nil {
+		b.buf, err = appendService(b.buf, s, cmd != cmdDelService)
+	} else {
+		q.dest = netip.AddrPortFrom(d.Addr, d.Port)
+		b.buf, err = appendService(b.buf, s, false)
+		b.buf = appendDest(b.buf, d, cmd != cmdDelDest)
+	}
+	if err != nil {
+		// Nothing to send: the outcome is known now. Earlier requests
+		// go first, so that callbacks run in order.
+		b.buf = b.buf[:start]
+		ferr := b.Flush()
+		if err := done(q.err(err)); err != nil && ferr == nil {
+			ferr = err
+		}
+		return ferr
+	}
+	b.buf = nlpipe.End(b.buf, start)
+	b.ops = append(b.ops, q)
 	return nil
+}
+
+// err names the request in err (nil stays nil).
+func (q *queued) err(err error) error {
+	if err == nil {
+		return nil
+	}
+	var op string
+	switch q.cmd {
+	case cmdNewService:
+		op = "add service"
+	case cmdSetService:
+		op = "update service"
+	case cmdDelService:
+		op = "delete service"
+	case cmdNewDest:
+		op = "add real server " + q.dest.String() + " to"
+	case cmdSetDest:
+		op = "update real server " + q.dest.String() + " of"
+	case cmdDelDest:
+		op = "delete real server " + q.dest.String() + " of"
+	}
+	return opErr(op, q.key, err)
 }
 
 // Len returns how many requests are queued and not yet sent.
 func (b *Batch) Len() int { return len(b.ops) }
 
-// Flush sends the queued requests and reads their acks; it returns the
-// first error a callback returned, or one of the socket's.
+// Flush sends the queued requests and reads their answers; it returns
+// the first error a callback returned, or one of the socket's.
 func (b *Batch) Flush() error {
 	if len(b.ops) == 0 {
 		return nil
@@ -119,20 +152,17 @@ func (b *Batch) Flush() error {
 	b.c.counts.Writes += int64(len(ops))
 	b.c.counts.WriteBytes += int64(len(buf))
 	b.c.counts.Sends++
-	outcome, ioErr := b.c.pipe.Exchange(buf, ops[0].seq, ops[len(ops)-1].seq, len(ops))
+	acks, ioErr := b.c.pipe.Exchange(buf, len(ops))
+	b.acks = append(b.acks[:0], acks...) // the pipe's are reused by its next Exchange
 	b.c.mu.Unlock()
 	var first error
-	for i, q := range ops {
-		err, ok := outcome[q.seq]
-		if !ok {
-			// No ack: the request may or may not have been applied.
-			err = fmt.Errorf("no answer from the kernel: %w", ioErr)
-		}
-		if err := q.done(opErr(q.op, q.key, err)); err != nil && first == nil {
+	for i := range ops {
+		if err := ops[i].done(ops[i].err(b.acks[i])); err != nil && first == nil {
 			first = err
 		}
 		ops[i] = queued{}
 	}
+	clear(b.acks)
 	if first == nil && ioErr != nil {
 		first = fmt.Errorf("ipvs: %w", ioErr)
 	}

@@ -141,8 +141,9 @@ func TestServicesAndDests(t *testing.T) {
 }
 
 // A Batch sends many requests per sendmsg; every request gets its own
-// outcome, in order, and a refused one in the middle of a chunk does not
-// stop the ones after it (nor hide their acks). Enough requests for
+// outcome, in order, and a refused one at the start, in the middle or at
+// the end of a chunk does not stop the ones after it (nor hide their
+// outcomes). Enough requests for
 // several chunks, so that the acks of one chunk fill a receive buffer of
 // the default size many times over.
 func TestBatch(t *testing.T) {
@@ -232,6 +233,18 @@ func TestBatch(t *testing.T) {
 	}
 	if err := b.Flush(); len(errs) != 2 || err != errs[0] || !errors.Is(errs[0], unix.ESRCH) || errs[1] != nil {
 		t.Fatalf("Flush = %v; outcomes %v, want [ESRCH, nil]", err, errs)
+	}
+	// The last request refused (only the last one of a chunk asks for
+	// an ack): the one before it was applied.
+	errs = nil
+	for range 2 {
+		b.NewService(svc(0), func(err error) error { errs = append(errs, err); return err })
+	}
+	if err := b.Flush(); len(errs) != 2 || err != errs[1] || errs[0] != nil || !errors.Is(errs[1], unix.EEXIST) {
+		t.Fatalf("Flush = %v; outcomes %v, want [nil, EEXIST]", err, errs)
+	}
+	if all, err := c.Services(); err != nil || len(all) != services {
+		t.Fatalf("Services: %d, %v; want %d", len(all), err, services)
 	}
 }
 

@@ -1,17 +1,18 @@
 // Package nlpipe sends netlink requests pipelined: many messages in one
-// sendmsg, each asking for an ack, then the acks read and matched to
-// their requests by sequence number. The kernel handles the messages of
-// one sendmsg in order and answers each; a refused one does not stop
+// sendmsg, the last one asking for an ack, then the answers read and
+// matched to their requests by sequence number. The kernel handles the
+// messages of one sendmsg in order and answers a refused one with an
+// error whether it asked for an ack or not; a refused one does not stop
 // those after it. mdlayher/netlink's Conn.Receive cannot be used to read
 // such answers: when one message of a read is an error it returns only
-// that error, losing the other acks and the failing sequence number.
+// that error, losing the other answers and the failing sequence number.
 package nlpipe
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"syscall"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -22,9 +23,9 @@ import (
 // it above MaxBytes).
 const MaxBytes = 128 << 10
 
-// ackBytes bounds the receive buffer one ack takes (its skb's true
-// size, for an ack carrying only its request's header), with room to
-// spare.
+// ackBytes bounds the receive buffer one answer takes (its skb's true
+// size, for an ack or error carrying only its request's header), with
+// room to spare.
 const ackBytes = 2 << 10
 
 // Pipe sends chunks of requests on a netlink socket. It is not safe for
@@ -36,11 +37,12 @@ type Pipe struct {
 	seq  uint32
 	recv int
 	rx   []byte
+	acks []error
 }
 
-// New returns a Pipe on c's socket, whose acks it makes carry only the
-// header of their request (NETLINK_CAP_ACK; kernels before 4.3 lack the
-// option, and their larger acks still fit the receive buffer).
+// New returns a Pipe on c's socket, whose error messages it makes carry
+// only the header of their request (NETLINK_CAP_ACK; kernels before 4.3
+// lack the option, and their larger ones still fit the receive buffer).
 func New(c *netlink.Conn) (*Pipe, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
@@ -50,51 +52,108 @@ func New(c *netlink.Conn) (*Pipe, error) {
 	return &Pipe{nl: c, raw: raw, seq: 1 << 31}, nil
 }
 
-// Next returns the sequence number of the next request.
-func (p *Pipe) Next() uint32 {
-	p.seq++
-	return p.seq
+// Begin appends the netlink header of a request to buf: its type, and
+// flags with NLM_F_REQUEST added. The request's body follows; End sets
+// its length, and Exchange its sequence number and NLM_F_ACK.
+func Begin(buf []byte, typ uint16, flags netlink.HeaderFlags) []byte {
+	buf = binary.NativeEndian.AppendUint32(buf, 0) // the length: End sets it
+	buf = binary.NativeEndian.AppendUint16(buf, typ)
+	buf = binary.NativeEndian.AppendUint16(buf, uint16(flags|netlink.Request))
+	buf = binary.NativeEndian.AppendUint32(buf, 0)  // sequence number: Exchange sets it
+	return binary.NativeEndian.AppendUint32(buf, 0) // port ID: the kernel fills it in
 }
 
-// Append appends a request message to buf: its netlink header, with
-// flags (NLM_F_REQUEST and NLM_F_ACK added) and seq, then body, padded
-// to 4 bytes.
-func Append(buf []byte, typ uint16, flags netlink.HeaderFlags, seq uint32, body ...[]byte) []byte {
-	n := 16
-	for _, b := range body {
-		n += len(b)
-	}
-	buf = binary.NativeEndian.AppendUint32(buf, uint32(n))
-	buf = binary.NativeEndian.AppendUint16(buf, typ)
-	buf = binary.NativeEndian.AppendUint16(buf, uint16(flags|netlink.Request|netlink.Acknowledge))
-	buf = binary.NativeEndian.AppendUint32(buf, seq)
-	buf = binary.NativeEndian.AppendUint32(buf, 0) // port ID: the kernel fills it in
-	for _, b := range body {
-		buf = append(buf, b...)
-	}
+// End ends the request Begin started at buf[start:]: it sets its length
+// and pads it to 4 bytes.
+func End(buf []byte, start int) []byte {
+	binary.NativeEndian.PutUint32(buf[start:], uint32(len(buf)-start))
 	for len(buf)%4 != 0 {
 		buf = append(buf, 0)
 	}
 	return buf
 }
 
-// Exchange sends buf, n requests whose sequence numbers are between lo
-// and hi (wrapping around: as Next returned them), in one sendmsg and reads their acks: by sequence number, nil for an
-// ack, the errno of an error. The kernel answers every message before
-// sendmsg returns (it handles the requests in the sender's context), so
-// the acks are read without waiting until the socket holds no more; a
-// missing one is waited for. The error is the socket's, when acks may
-// be missing from the map.
-func (p *Pipe) Exchange(buf []byte, lo, hi uint32, n int) (map[uint32]error, error) {
+// Append appends a request message to buf: its netlink header (type typ,
+// flags with NLM_F_REQUEST added), then body.
+func Append(buf []byte, typ uint16, flags netlink.HeaderFlags, body ...[]byte) []byte {
+	start := len(buf)
+	buf = Begin(buf, typ, flags)
+	for _, b := range body {
+		buf = append(buf, b...)
+	}
+	return End(buf, start)
+}
+
+// Exchange sends buf, n requests (from Begin and End, or Append), in one
+// sendmsg and returns their outcomes, in order: nil when the kernel
+// applied a request, else an error (an errno, or "no answer from the
+// kernel" wrapping the socket's error when it is not known).
+//
+// Only the last request asks for an ack (Exchange numbers the requests
+// and sets NLM_F_ACK on it, clearing it on the others): the kernel
+// handles the messages of one sendmsg in order, answers a refused one
+// with an error message whether it asked for an ack or not, and a
+// refused one does not stop those after it; so once the last one is
+// answered, each request without an error message was applied. The
+// kernel does this before sendmsg returns (it handles the requests in
+// the sender's context): the answers are read without waiting until
+// the socket holds no more; a missing one is waited for. This saves the
+// kernel an ack, and the reader a recvmsg, per request.
+//
+// The error is the socket's (or says buf is not n requests), when
+// outcomes are unknown. The slice, n long, is reused by the next
+// Exchange.
+func (p *Pipe) Exchange(buf []byte, n int) ([]error, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	acks := p.acks[:0]
+	for range n {
+		acks = append(acks, nil)
+	}
+	p.acks = acks
+	unknown := func(err error) ([]error, error) {
+		// Requests without an error message may or may not have been
+		// applied.
+		for i, a := range acks {
+			if a == nil {
+				acks[i] = fmt.Errorf("no answer from the kernel: %w", err)
+			}
+		}
+		return acks, err
+	}
+
 	if need := n*ackBytes + 256<<10; need > p.recv {
 		if err := p.nl.SetReadBuffer(need); err != nil {
-			return nil, fmt.Errorf("size the receive buffer for %d acks: %w", n, err)
+			return unknown(fmt.Errorf("size the receive buffer for %d answers: %w", n, err))
 		}
 		if err := p.nl.SetWriteBuffer(MaxBytes + 64<<10); err != nil {
-			return nil, fmt.Errorf("size the send buffer: %w", err)
+			return unknown(fmt.Errorf("size the send buffer: %w", err))
 		}
 		p.recv = need
 	}
+	// Number the requests; only the last asks for an ack.
+	lo := p.seq + 1
+	off := 0
+	for i := range n {
+		if len(buf)-off < 16 {
+			return unknown(fmt.Errorf("nlpipe: %d bytes hold fewer than %d requests", len(buf), n))
+		}
+		l := int(binary.NativeEndian.Uint32(buf[off:]))
+		flags := netlink.HeaderFlags(binary.NativeEndian.Uint16(buf[off+6:])) &^ netlink.Acknowledge
+		if i == n-1 {
+			flags |= netlink.Acknowledge
+		}
+		binary.NativeEndian.PutUint16(buf[off+6:], uint16(flags))
+		binary.NativeEndian.PutUint32(buf[off+8:], lo+uint32(i))
+		off += (l + 3) &^ 3
+	}
+	if off != len(buf) {
+		return unknown(fmt.Errorf("nlpipe: %d bytes are not %d requests", len(buf), n))
+	}
+	p.seq += uint32(n)
+	hi := p.seq
+
 	var serr error
 	err := p.raw.Write(func(fd uintptr) bool {
 		serr = unix.Sendto(int(fd), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
@@ -104,16 +163,16 @@ func (p *Pipe) Exchange(buf []byte, lo, hi uint32, n int) (map[uint32]error, err
 		err = serr
 	}
 	if err != nil {
-		return nil, fmt.Errorf("send %d requests: %w", n, err)
+		return unknown(fmt.Errorf("send %d requests: %w", n, err))
 	}
-	out := make(map[uint32]error, n)
 	if len(p.rx) == 0 {
 		p.rx = make([]byte, 64<<10)
 	}
 	var rerr error
+	last := false
 	err = p.raw.Read(func(fd uintptr) bool {
-		for len(out) < n {
-			k, _, err := unix.Recvfrom(int(fd), p.rx, unix.MSG_DONTWAIT)
+		for !last {
+			k, err := recv(int(fd), p.rx)
 			switch {
 			case err == unix.EINTR:
 				continue
@@ -122,7 +181,7 @@ func (p *Pipe) Exchange(buf []byte, lo, hi uint32, n int) (map[uint32]error, err
 			case err == unix.EAGAIN:
 				return true // the rest were lost
 			case err == unix.ENOBUFS:
-				// The receive buffer overflowed: some acks were
+				// The receive buffer overflowed: some answers were
 				// dropped. Read those that were not.
 				rerr = err
 				continue
@@ -130,21 +189,20 @@ func (p *Pipe) Exchange(buf []byte, lo, hi uint32, n int) (map[uint32]error, err
 				rerr = err
 				return true
 			}
-			msgs, err := syscall.ParseNetlinkMessage(p.rx[:k])
-			if err != nil {
-				rerr = fmt.Errorf("parse acks: %w", err)
-				return true
-			}
-			for _, m := range msgs {
-				s := m.Header.Seq
-				if m.Header.Type != unix.NLMSG_ERROR || s-lo > hi-lo || len(m.Data) < 4 {
-					continue // not an answer to this chunk
+			for b := p.rx[:k]; len(b) >= unix.NLMSG_HDRLEN; {
+				l := int(binary.NativeEndian.Uint32(b))
+				if l < unix.NLMSG_HDRLEN || l > len(b) {
+					rerr = fmt.Errorf("parse answers: message of %d bytes in %d", l, len(b))
+					return true
 				}
-				if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 {
-					out[s] = unix.Errno(-e)
-				} else {
-					out[s] = nil
-				}
+				typ, s := binary.NativeEndian.Uint16(b[4:]), binary.NativeEndian.Uint32(b[8:])
+				if typ == unix.NLMSG_ERROR && s-lo <= hi-lo && l >= unix.NLMSG_HDRLEN+4 {
+					if e := int32(binary.NativeEndian.Uint32(b[unix.NLMSG_HDRLEN:])); e != 0 {
+						acks[s-lo] = unix.Errno(-e)
+					}
+					last = last || s == hi
+				} // else not an answer to this chunk
+				b = b[min(len(b), (l+3)&^3):]
 			}
 		}
 		return true
@@ -154,12 +212,19 @@ func (p *Pipe) Exchange(buf []byte, lo, hi uint32, n int) (map[uint32]error, err
 	}
 	if err != nil {
 		p.drain()
-		return out, fmt.Errorf("read the acks of %d requests: %w", n, err)
+		return unknown(fmt.Errorf("read the answers to %d requests: %w", n, err))
 	}
-	if len(out) < n {
-		return out, errors.New("acks missing")
+	return acks, nil
+}
+
+// recv reads one message without blocking (recvfrom with MSG_DONTWAIT and
+// no source address: unix.Recvfrom allocates one per call).
+func recv(fd int, b []byte) (int, error) {
+	n, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), unix.MSG_DONTWAIT, 0, 0)
+	if e != 0 {
+		return 0, e
 	}
-	return out, nil
+	return int(n), nil
 }
 
 // drain discards what the socket holds, so that a later request does not
@@ -167,7 +232,7 @@ func (p *Pipe) Exchange(buf []byte, lo, hi uint32, n int) (map[uint32]error, err
 func (p *Pipe) drain() {
 	p.raw.Read(func(fd uintptr) bool {
 		for {
-			_, _, err := unix.Recvfrom(int(fd), p.rx, unix.MSG_DONTWAIT)
+			_, err := recv(int(fd), p.rx)
 			if err == unix.EAGAIN || (err != nil && err != unix.EINTR && err != unix.ENOBUFS) {
 				return true
 			}

@@ -57,19 +57,18 @@ func (c *Conn) Replace(index int, addrs []netip.Addr, flags uint8, done func(net
 		chunk := addrs[:min(perChunk, len(addrs))]
 		addrs = addrs[len(chunk):]
 		buf = buf[:0]
-		seqs := make([]uint32, len(chunk))
-		for i, a := range chunk {
-			seqs[i] = c.pipe.Next()
-			buf = nlpipe.Append(buf, unix.RTM_NEWADDR, netlink.Create|netlink.Replace, seqs[i], ifaddrmsg(a, flags, index), attr(unix.IFA_LOCAL, a), attr(unix.IFA_ADDRESS, a))
+		for _, a := range chunk {
+			start := len(buf)
+			buf = nlpipe.Begin(buf, unix.RTM_NEWADDR, netlink.Create|netlink.Replace)
+			buf = appendIfaddrmsg(buf, a, flags, index)
+			buf = appendAttr(buf, unix.IFA_LOCAL, a)
+			buf = appendAttr(buf, unix.IFA_ADDRESS, a)
+			buf = nlpipe.End(buf, start)
 		}
-		outcome, ioErr := c.pipe.Exchange(buf, seqs[0], seqs[len(seqs)-1], len(chunk))
+		outcome, ioErr := c.pipe.Exchange(buf, len(chunk))
 		var first error
 		for i, a := range chunk {
-			err, ok := outcome[seqs[i]]
-			if !ok {
-				err = fmt.Errorf("no answer from the kernel: %w", ioErr)
-			}
-			if err := done(a, err); err != nil && first == nil {
+			if err := done(a, outcome[i]); err != nil && first == nil {
 				first = err
 			}
 		}
@@ -83,21 +82,25 @@ func (c *Conn) Replace(index int, addrs []netip.Addr, flags uint8, done func(net
 	return nil
 }
 
-// ifaddrmsg encodes struct ifaddrmsg for the host prefix of a.
-func ifaddrmsg(a netip.Addr, flags uint8, index int) []byte {
+// appendIfaddrmsg appends struct ifaddrmsg for the host prefix of a.
+func appendIfaddrmsg(b []byte, a netip.Addr, flags uint8, index int) []byte {
 	fam, bits := byte(unix.AF_INET), byte(32)
 	if a.Is6() {
 		fam, bits = unix.AF_INET6, 128
 	}
-	b := []byte{fam, bits, flags, unix.RT_SCOPE_UNIVERSE}
+	b = append(b, fam, bits, flags, unix.RT_SCOPE_UNIVERSE)
 	return binary.NativeEndian.AppendUint32(b, uint32(index))
 }
 
-// attr encodes a netlink attribute holding a's bytes (4 or 16: no
+// appendAttr appends a netlink attribute holding a's bytes (4 or 16: no
 // padding needed).
-func attr(typ uint16, a netip.Addr) []byte {
-	ab := a.AsSlice()
-	b := binary.NativeEndian.AppendUint16(nil, uint16(4+len(ab)))
+func appendAttr(b []byte, typ uint16, a netip.Addr) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(4+a.BitLen()/8))
 	b = binary.NativeEndian.AppendUint16(b, typ)
-	return append(b, ab...)
+	if a.Is4() {
+		a4 := a.As4()
+		return append(b, a4[:]...)
+	}
+	a16 := a.As16()
+	return append(b, a16[:]...)
 }
