@@ -28,7 +28,15 @@ import (
 type virtual struct {
 	svc   ipvsnl.Service
 	dests map[netip.AddrPort]uint32
-	name  string // the service port, for errors
+	port  dataplane.PortName // the service port, for errors; zero: found in the kernel
+}
+
+// name names the virtual server's service port in errors.
+func (v *virtual) name() string {
+	if v.port == (dataplane.PortName{}) {
+		return "existing"
+	}
+	return v.port.String()
 }
 
 // plan is the desired kernel state.
@@ -346,7 +354,12 @@ func hostAddr(a netip.Addr) *netlink.Addr {
 // plan computes the desired virtual servers, device addresses and set
 // elements.
 func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan {
-	p := plan{virtuals: map[ipvsnl.Key]*virtual{}, addrs: map[netip.Addr]bool{}, elems: map[elemKey]string{}}
+	// Room for a virtual server per service port, and for its cluster
+	// IP's elements: maps that grow as they fill rehash each time. (Not
+	// for the endpoints' hairpin elements: endpoints share addresses,
+	// and the elements outlive the Sync as d.elems.)
+	n := len(desired.Ports)
+	p := plan{virtuals: make(map[ipvsnl.Key]*virtual, n), addrs: make(map[netip.Addr]bool, n), elems: make(map[elemKey]string, 3*n)}
 	el := func(f int, s setID, key string) { p.elems[elemKey{sid(f, s), key}] = "" }
 	for i := range desired.Ports {
 		sp := &desired.Ports[i]
@@ -355,7 +368,7 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 		}
 		cat := dataplane.Categorize(sp, &d.cfg.Node)
 		add := func(a netip.Addr, port uint16, eps []dataplane.Endpoint, local bool) {
-			v := &virtual{name: sp.Name.String(), dests: map[netip.AddrPort]uint32{}, svc: ipvsnl.Service{
+			v := &virtual{port: sp.Name, dests: make(map[netip.AddrPort]uint32, len(eps)), svc: ipvsnl.Service{
 				Addr: a, Protocol: uint8(sp.Protocol), Port: port, Scheduler: d.cfg.Scheduler,
 			}}
 			if sp.Affinity > 0 {
@@ -365,8 +378,7 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			for _, e := range eps {
 				if e.Addr.Is4() == a.Is4() {
 					v.dests[e.AddrPort()] = 1
-					b := e.Addr.AsSlice()
-					el(famOf(e.Addr), setHairpin, string(slices.Concat(b, b)))
+					el(famOf(e.Addr), setHairpin, hairpinKey(e.Addr))
 				}
 			}
 			// A terminating endpoint that still serves but is not used
@@ -380,7 +392,7 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 			}
 			p.virtuals[v.svc.Key()] = v
 		}
-		families := map[int]bool{}
+		var families [2]bool // by famOf
 		for _, cip := range sp.ClusterIPs {
 			f := famOf(cip)
 			families[f] = true
@@ -428,12 +440,16 @@ func (d *Dataplane) plan(desired *dataplane.State, nodeAddrs []netip.Addr) plan 
 					add(a, sp.NodePort, cat.External(sp), sp.ExternalLocal)
 				}
 			}
-			for f := range families {
-				el(f, setNodePorts, string(nodePortKey(sp.Protocol, sp.NodePort)))
+			for f, ok := range families {
+				if ok {
+					el(f, setNodePorts, string(nodePortKey(sp.Protocol, sp.NodePort)))
+				}
 			}
 			if !sp.ExternalLocal {
-				for f := range families {
-					el(f, setNodePortsCluster, string(nodePortKey(sp.Protocol, sp.NodePort)))
+				for f, ok := range families {
+					if ok {
+						el(f, setNodePortsCluster, string(nodePortKey(sp.Protocol, sp.NodePort)))
+					}
 				}
 			}
 		}
@@ -456,7 +472,7 @@ func (d *Dataplane) load(want plan, nodeAddrs []netip.Addr) error {
 		if _, wanted := want.virtuals[s.Key()]; !wanted && !d.addrs[s.Addr] && !d.ourNodePort(s, nodeAddrs, d.elems) {
 			continue // not ours
 		}
-		v := &virtual{svc: *s, dests: map[netip.AddrPort]uint32{}, name: "existing"}
+		v := &virtual{svc: *s, dests: map[netip.AddrPort]uint32{}}
 		dests, err := d.ipvs.Dests(s)
 		if err != nil {
 			return err
@@ -493,28 +509,45 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 		}
 		return e
 	}
-	var add, del = map[setID][]nftables.SetElement{}, map[setID][]nftables.SetElement{}
+	// The elements to add and delete, by set. When the table is empty
+	// (a first Sync) every element is added: room for them at once.
+	var add, del [2 * setsPerFamily][]nftables.SetElement
+	if len(d.elems) == 0 {
+		var n [len(add)]int
+		for k := range want {
+			n[k.set]++
+		}
+		for s := range add {
+			add[s] = make([]nftables.SetElement, 0, n[s])
+		}
+	}
+	changed := false
 	for k, end := range want {
 		if old, ok := d.elems[k]; !ok || old != end {
 			if ok {
 				del[k.set] = append(del[k.set], elem(k, old))
 			}
 			add[k.set] = append(add[k.set], elem(k, end))
+			changed = true
 		}
 	}
 	for k, end := range d.elems {
 		if _, ok := want[k]; !ok {
 			del[k.set] = append(del[k.set], elem(k, end))
+			changed = true
 		}
 	}
-	if !rebuild && len(add) == 0 && len(del) == 0 {
+	if !rebuild && !changed {
 		return nil
 	}
 	// The batch: the elements, and the table (1 MiB at most, a few
 	// hundred messages) when it is rebuilt.
 	bytes, msgs := 1<<20, 256
-	for _, m := range []map[setID][]nftables.SetElement{add, del} {
+	for _, m := range [][len(add)][]nftables.SetElement{add, del} {
 		for _, es := range m {
+			if len(es) == 0 {
+				continue
+			}
 			msgs++
 			for _, e := range es {
 				bytes += nftbatch.ElemSize(e)
@@ -526,11 +559,17 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 		return fmt.Errorf("ipvs: size the nftables socket buffers for %d bytes: %w", bytes, err)
 	}
 	for s, es := range del {
+		if len(es) == 0 {
+			continue
+		}
 		if err := nftbatch.Chunks(es, func(c []nftables.SetElement) error { return d.nft.SetDeleteElements(d.sets[s], c) }); err != nil {
 			return err
 		}
 	}
 	for s, es := range add {
+		if len(es) == 0 {
+			continue
+		}
 		if err := nftbatch.Chunks(es, func(c []nftables.SetElement) error { return d.nft.SetAddElements(d.sets[s], c) }); err != nil {
 			return err
 		}
@@ -539,7 +578,7 @@ func (d *Dataplane) syncTable(rebuild bool, want map[elemKey]string) error {
 		d.applied, d.elems = nil, nil // read everything again next time
 		return fmt.Errorf("ipvs: commit table inet %s: %w", d.cfg.Table, err)
 	}
-	d.elems = maps.Clone(want)
+	d.elems = want // the caller's no more: a plan's, or the d.elems of before
 	if g, err := kstate.Generation(d.ns.Fd()); err == nil {
 		d.lastGen = g
 	}
@@ -565,6 +604,7 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([
 	}
 	b := d.ipvs.Batch()
 	keys := slices.SortedFunc(maps.Keys(want), compareKeys)
+	var adds addOps
 	for _, k := range keys {
 		w := want[k]
 		// done returns a callback that names the service port in an
@@ -572,20 +612,24 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([
 		done := func(inverse func() error) func(error) error {
 			return func(err error) error {
 				if err != nil {
-					return fmt.Errorf("%s: %w", w.name, err)
+					return fmt.Errorf("%s: %w", w.name(), err)
 				}
 				undo.add(inverse)
 				return nil
 			}
 		}
 		have := d.applied[k]
-		if have == nil {
-			svc := w.svc
-			if err := b.NewService(&svc, done(func() error { return gone(d.ipvs.DelService(&svc)) })); err != nil {
+		fresh := have == nil
+		if fresh {
+			// A new virtual server: it and its real servers are all
+			// added, and w is what is applied. Those requests, the bulk
+			// of a first Sync, are logged without a closure each
+			// (addOp).
+			o := adds.next(d, undo, w, nil)
+			if err := b.NewService(&w.svc, o.done); err != nil {
 				return fail(err)
 			}
-			have = &virtual{svc: w.svc, dests: map[netip.AddrPort]uint32{}, name: w.name}
-			d.applied[k] = have
+			d.applied[k] = w
 			if serving(w.dests) {
 				staleTo(&w.svc, netip.Addr{}) // datagrams sent before it existed
 			}
@@ -596,10 +640,17 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([
 			}
 			have.svc = w.svc
 		}
-		if !serving(have.dests) && serving(w.dests) {
+		if (fresh || !serving(have.dests)) && serving(w.dests) {
 			staleTo(&w.svc, netip.Addr{}) // its first endpoint
 		}
 		for ap, weight := range w.dests {
+			if fresh {
+				o := adds.next(d, undo, w, &ipvsnl.Dest{Addr: ap.Addr(), Port: ap.Port(), Weight: weight})
+				if err := b.NewDest(&w.svc, &o.dst, o.done); err != nil {
+					return fail(err)
+				}
+				continue
+			}
 			old, ok := have.dests[ap]
 			if ok && old == weight {
 				continue
@@ -618,6 +669,9 @@ func (d *Dataplane) syncVirtuals(want map[ipvsnl.Key]*virtual, undo *undoLog) ([
 				return fail(err)
 			}
 			have.dests[ap] = weight
+		}
+		if fresh {
+			continue // nothing leaves
 		}
 		if err := d.leave(b, w, have, staleTo, undo); err != nil {
 			return fail(err)
@@ -686,7 +740,7 @@ func (d *Dataplane) leave(b *ipvsnl.Batch, w, have *virtual, stale func(*ipvsnl.
 	if len(leaving) == 0 {
 		return nil
 	}
-	named := func(err error) error { return fmt.Errorf("%s: %w", w.name, err) }
+	named := func(err error) error { return fmt.Errorf("%s: %w", w.name(), err) }
 	drain := w.svc.Protocol == unix.IPPROTO_TCP
 	busy := map[netip.AddrPort]bool{}
 	if drain {
@@ -734,17 +788,68 @@ func (d *Dataplane) leave(b *ipvsnl.Batch, w, have *virtual, stale func(*ipvsnl.
 	return nil
 }
 
-// undoLog holds the inverses of the changes a Sync made so far.
-type undoLog []func() error
+// addOp is a request adding a virtual server (dst is zero) or one of its
+// real servers, and its own inverse: its callback logs it in undo.
+type addOp struct {
+	d    *Dataplane
+	undo *undoLog
+	w    *virtual // the virtual server, in the plan (it does not change during the Sync)
+	dst  ipvsnl.Dest
+}
 
-func (u *undoLog) add(f func() error) { *u = append(*u, f) }
+// addOps hands out addOps from slabs: one allocation per many requests.
+type addOps []addOp
+
+func (s *addOps) next(d *Dataplane, undo *undoLog, w *virtual, dst *ipvsnl.Dest) *addOp {
+	if len(*s) == cap(*s) {
+		*s = make([]addOp, 0, 512)
+	}
+	*s = append(*s, addOp{d: d, undo: undo, w: w})
+	o := &(*s)[len(*s)-1]
+	if dst != nil {
+		o.dst = *dst
+	}
+	return o
+}
+
+// done is the request's callback: it names the service port in an error
+// and otherwise logs the inverse.
+func (o *addOp) done(err error) error {
+	if err != nil {
+		return fmt.Errorf("%s: %w", o.w.name(), err)
+	}
+	o.undo.push(o)
+	return nil
+}
+
+// revert deletes what the request added.
+func (o *addOp) revert() error {
+	if o.dst.Addr.IsValid() {
+		return gone(o.d.ipvs.DelDest(&o.w.svc, &o.dst))
+	}
+	return gone(o.d.ipvs.DelService(&o.w.svc))
+}
+
+// undoLog holds the inverses of the changes a Sync made so far.
+type undoLog []reverter
+
+// reverter undoes one change.
+type reverter interface{ revert() error }
+
+type revertFunc func() error
+
+func (f revertFunc) revert() error { return f() }
+
+func (u *undoLog) add(f func() error) { *u = append(*u, revertFunc(f)) }
+
+func (u *undoLog) push(r reverter) { *u = append(*u, r) }
 
 // run undoes the changes, newest first, and reports what it could not
 // undo.
 func (u *undoLog) run() error {
 	var errs []error
 	for i := len(*u) - 1; i >= 0; i-- {
-		errs = append(errs, (*u)[i]())
+		errs = append(errs, (*u)[i].revert())
 	}
 	*u = nil
 	return errors.Join(errs...)

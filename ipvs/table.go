@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -82,12 +81,34 @@ type elemKey struct {
 	key string
 }
 
+// frontendKey is address . protocol . port, each padded to 4 bytes.
 func frontendKey(a netip.Addr, proto dataplane.Protocol, port uint16) string {
-	return string(slices.Concat(a.AsSlice(), nodePortKey(proto, port)))
+	var b [24]byte
+	return string(appendNodePortKey(appendAddr(b[:0], a), proto, port))
+}
+
+// hairpinKey is endpoint . endpoint.
+func hairpinKey(a netip.Addr) string {
+	var b [32]byte
+	return string(appendAddr(appendAddr(b[:0], a), a))
+}
+
+// appendAddr appends a's 4 or 16 bytes.
+func appendAddr(b []byte, a netip.Addr) []byte {
+	if a.Is4() {
+		a4 := a.As4()
+		return append(b, a4[:]...)
+	}
+	a16 := a.As16()
+	return append(b, a16[:]...)
 }
 
 func nodePortKey(proto dataplane.Protocol, port uint16) []byte {
-	b := []byte{byte(proto), 0, 0, 0}
+	return appendNodePortKey(make([]byte, 0, 8), proto, port)
+}
+
+func appendNodePortKey(b []byte, proto dataplane.Protocol, port uint16) []byte {
+	b = append(b, byte(proto), 0, 0, 0)
 	b = binary.BigEndian.AppendUint16(b, port)
 	return append(b, 0, 0)
 }
