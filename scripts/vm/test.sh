@@ -155,6 +155,13 @@ for kver in "${kvers[@]}"; do
       skips=$(skipped_cases "$kdir/$name.log")
       [ -z "$skips" ] || skips="$(wc -w <<<"$skips") skipped: $skips"
     fi
+    # A -test.run filter that matches nothing exits 0 and prints PASS:
+    # count that as a failure, or a mistyped VM_TESTFLAGS passes silently.
+    if [ "$rc" = 0 ] && [ "$name" != guest-check ] && grep -q '^testing: warning: no tests to run' "$kdir/$name.log"; then
+      summary+=("$(printf '%-22s %-20s %-5s %5ss  %s' "$kver" "${display[$name]}" FAIL "$secs" "no test matched VM_TESTFLAGS (in make, write \$ as \$\$)")")
+      failed=$((failed + 1))
+      continue
+    fi
     if [ "$rc" = 0 ]; then
       summary+=("$(printf '%-22s %-20s %-5s %5ss%s' "$kver" "${display[$name]}" ok "$secs" "${skips:+  $skips}")")
       passed=$((passed + 1))
