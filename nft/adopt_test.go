@@ -11,6 +11,7 @@ import (
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/kstate"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 func manyPorts(n int) *dataplane.State {
@@ -33,7 +34,7 @@ func gen(t *testing.T, ns *netnsutil.NS) uint32 {
 // A restarted proxy's first Sync of an unchanged State adopts the table
 // and writes nothing, even after a history of changes moved buckets.
 func TestAdoptWritesNothing(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	ctx := context.Background()
 	st := manyPorts(50)
 	// Every kind of frontend and policy, affinity included.
@@ -81,7 +82,7 @@ func TestAdoptWritesNothing(t *testing.T) {
 
 // A table written for another configuration is not adopted but rebuilt.
 func TestAdoptOtherShapeRebuilds(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	ctx := context.Background()
 	st := manyPorts(3)
 	d1 := newDP(t, ns)
@@ -105,7 +106,7 @@ func TestAdoptOtherShapeRebuilds(t *testing.T) {
 // A table deleted behind the Dataplane's back is restored by the next
 // Sync; one whose rules were flushed too.
 func TestTamperRepaired(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	ctx := context.Background()
 	st := manyPorts(3)
 	d := newDP(t, ns)

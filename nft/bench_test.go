@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nstest"
 	"github.com/svcplane/svcplane/internal/syncbench"
 )
 
@@ -75,7 +76,7 @@ func TestFullSyncHoldsEveryElement(t *testing.T) {
 		n = v
 	}
 	const e = 5
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	st := syncbench.State(n, e, 0)
 	if err := d.Sync(context.Background(), st); err != nil {

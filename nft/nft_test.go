@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -12,23 +11,9 @@ import (
 
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 	"github.com/svcplane/svcplane/internal/prefixes"
 )
-
-// newTestNS returns a fresh network namespace that lives as long as the
-// test.
-func newTestNS(t *testing.T) *netnsutil.NS {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces: run `sudo make test`")
-	}
-	ns, err := netnsutil.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
-}
 
 func testPort(n int) dataplane.ServicePort {
 	p := dataplane.ServicePort{
@@ -59,7 +44,7 @@ func newDP(t *testing.T, ns *netnsutil.NS) *Dataplane {
 // What an operator reads with `nft list` must parse and lead from the
 // service name to its elements.
 func TestRulesetReadable(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("the nft tool is not installed (make test installs it)")
 	}
@@ -105,7 +90,7 @@ func TestRulesetReadable(t *testing.T) {
 // Later Syncs send only what changed: nothing for an equal State, a few
 // slots for one endpoint, however many services there are.
 func TestSyncSendsOnlyChanges(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	ctx := context.Background()
 	st := &dataplane.State{}
@@ -144,7 +129,7 @@ func TestSyncSendsOnlyChanges(t *testing.T) {
 
 // An invalid State changes nothing and names the field.
 func TestSyncInvalid(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	p := testPort(1)
 	p.Port = 0
@@ -169,7 +154,7 @@ func TestConfigErrors(t *testing.T) {
 // its /25) are legal in Kubernetes; they must not make the interval set
 // clash (EEXIST froze every later Sync) or overwrite each other.
 func TestOverlappingSourceRanges(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	p := testPort(1)
 	p.LoadBalancerIPs = []netip.Addr{netip.MustParseAddr("203.0.113.6")}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // When the acks of a batch overflow the receive buffer, Flush reports
@@ -16,7 +18,7 @@ import (
 // socket. fitBuffers keeps this from happening to the batches Sync
 // builds; here the buffer is shrunk behind its back.
 func TestAckOverflowConverges(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	st := manyPorts(12)
 	for i := range st.Ports {

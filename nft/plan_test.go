@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -33,7 +34,7 @@ func golden(t *testing.T, name, got string) {
 // Plan shows, as nft commands, what a Sync would do, and changes
 // nothing: neither the kernel nor what the next Sync sends.
 func TestPlan(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	ctx := context.Background()
 	st := &dataplane.State{Ports: []dataplane.ServicePort{testPort(1)}}

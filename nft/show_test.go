@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // showState has every kind of frontend Show tells apart: cluster, external
@@ -160,7 +161,7 @@ default/svc-5:http
 // its endpoints' shares — also from a Dataplane that did not write the
 // table (another process) and whose node configuration differs.
 func TestShow(t *testing.T) {
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	ctx := context.Background()
 	d := newDP(t, ns)
 	p, err := d.Show(ctx)
@@ -238,7 +239,7 @@ func TestShowTablePrintable(t *testing.T) {
 	if _, err := exec.LookPath("nft"); err != nil {
 		t.Skip("the nft tool is not installed (make test installs it)")
 	}
-	ns := newTestNS(t)
+	ns := nstest.New(t)
 	d := newDP(t, ns)
 	if err := d.Sync(context.Background(), showState()); err != nil {
 		t.Fatal(err)

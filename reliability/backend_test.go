@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -100,27 +99,6 @@ func eachBackend(t *testing.T, f func(t *testing.T, b backend)) {
 	for _, b := range backends {
 		t.Run(b.name, func(t *testing.T) { f(t, b) })
 	}
-}
-
-// needRoot skips tests that program a kernel: they need namespaces.
-func needRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces: run `sudo make test`")
-	}
-}
-
-// newNS returns a fresh, empty network namespace closed at the end of
-// the test.
-func newNS(t testing.TB) *netnsutil.NS {
-	t.Helper()
-	needRoot(t)
-	ns, err := netnsutil.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
 }
 
 // newDP builds b's Dataplane for the namespace and node; the test is

@@ -13,6 +13,7 @@ import (
 	"github.com/svcplane/svcplane/conformance"
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // cancelAfter is a context that reports itself cancelled from its n+1-th
@@ -136,7 +137,7 @@ func FuzzSyncSequence(f *testing.F) {
 	f.Add([]byte{0, 2, 2, 0, 2, 0, 2, 1, 2, 0, 1, 3, 5, 3, 3, 3, 0, 5, 1, 2, 3, 1, 2, 1, 2, 4, 0, 1, 0, 0, 2})
 	f.Add([]byte{2, 1, 3, 1, 0, 4, 3, 3, 0, 1, 0, 0, 1, 2, 3, 1, 0, 1, 1, 5, 3, 2, 3, 3, 1, 2, 1, 1, 5, 2, 1})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		needRoot(t)
+		nstest.NeedRoot(t)
 		for _, b := range backends {
 			if supported(t, b) {
 				syncSequence(t, b, genBytes(data))
@@ -146,7 +147,7 @@ func FuzzSyncSequence(f *testing.F) {
 }
 
 func syncSequence(t *testing.T, b backend, in genBytes) {
-	ns := newNS(t)
+	ns := nstest.New(t)
 	node := nodeA()
 	node.Zone = "zone-a"
 	dp := newDP(t, b, ns.Path(), node)
@@ -210,7 +211,7 @@ func syncSequence(t *testing.T, b backend, in genBytes) {
 // valid one it equals a fresh Sync's.
 func TestAdversarialStates(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		ns := newNS(t)
+		ns := nstest.New(t)
 		node := nodeA()
 		dp := open(t, b, ns.Path(), node)
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nstest"
 	"github.com/svcplane/svcplane/nft"
 )
 
@@ -158,7 +159,7 @@ func kernelBuckets(t *testing.T, fd int, want map[int][]netip.AddrPort) map[stri
 func TestBigTransactions(t *testing.T) {
 	b, _ := backendByName("nft") // maps and rules are the nft backend's
 	t.Run("Elements", func(t *testing.T) {
-		ns := newNS(t)
+		ns := nstest.New(t)
 		dp := open(t, b, ns.Path(), nodeA())
 		eps := map[int][]netip.AddrPort{}
 		for e := range bigEndpoints {
@@ -229,7 +230,7 @@ func TestBigTransactions(t *testing.T) {
 	})
 
 	t.Run("Rules", func(t *testing.T) {
-		ns := newNS(t)
+		ns := nstest.New(t)
 		dp := newDP(t, b, ns.Path(), nodeA())
 		wedged := false // Close would wait for a hung Sync for good
 		t.Cleanup(func() {

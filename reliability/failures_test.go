@@ -15,6 +15,7 @@ import (
 	"github.com/svcplane/svcplane/conformance/topo"
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // failureScene is a cluster whose node-a forwards service "keep"
@@ -174,7 +175,7 @@ func TestFailedSyncKeepsState(t *testing.T) {
 			// under it: once every other reference is gone, Sync, Cleanup
 			// and Close must still return, and work. A new Dataplane for
 			// the vanished path must fail, naming it.
-			needRoot(t)
+			nstest.NeedRoot(t)
 			ns, err := netnsutil.New()
 			if err != nil {
 				t.Fatal(err)

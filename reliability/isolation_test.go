@@ -24,6 +24,7 @@ import (
 	"github.com/svcplane/svcplane/dataplane"
 	"github.com/svcplane/svcplane/internal/ipvsnl"
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // foreignRuleset is what other programs (a host firewall, a CNI plugin,
@@ -348,7 +349,7 @@ func richStates() []*dataplane.State {
 // table deleted and recreated, not even for a moment.
 func TestForeignObjectsUntouched(t *testing.T) {
 	eachBackend(t, func(t *testing.T, b backend) {
-		ns := newNS(t)
+		ns := nstest.New(t)
 		path := ns.Path()
 		runNFT(t, path, "-f", writeTemp(t, foreignRuleset))
 		withIPVS := addForeignIPVS(t, path)

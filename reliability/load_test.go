@@ -12,6 +12,7 @@ import (
 
 	"github.com/svcplane/svcplane/conformance/topo"
 	"github.com/svcplane/svcplane/dataplane"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // cluster is a throwaway topology (conformance/topo) whose node-a a
@@ -28,7 +29,7 @@ type cluster struct {
 // Syncs (multiplied by topo.TimeScale under emulation).
 func newCluster(t *testing.T, timeout time.Duration) *cluster {
 	t.Helper()
-	needRoot(t)
+	nstest.NeedRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), topo.Scale(timeout))
 	t.Cleanup(cancel)
 	tp, err := topo.New(ctx, topo.Options{})

@@ -11,20 +11,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // newNS returns a fresh namespace with lo up (IPVS classifies real
 // servers through the local routing table, which needs it).
 func newNS(t *testing.T) *netnsutil.NS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces: run `sudo make test`")
-	}
-	ns, err := netnsutil.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
+	ns := nstest.New(t)
 	if err := ns.Do(func() error {
 		lo, err := netlink.LinkByName("lo")
 		if err != nil {

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"testing"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // newAddr appends RTM_NEWADDR for a host address on the link with
@@ -35,14 +34,7 @@ func newAddr(buf []byte, a netip.Addr, index int) []byte {
 // the others were applied. On the loopback link of a fresh namespace,
 // so that it runs on any kernel.
 func TestExchange(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces: run `sudo make test`")
-	}
-	ns, err := netnsutil.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := nstest.New(t)
 	nl, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{NetNS: ns.Fd()})
 	if err != nil {
 		t.Fatal(err)

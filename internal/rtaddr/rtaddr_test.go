@@ -3,28 +3,21 @@ package rtaddr
 import (
 	"errors"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/svcplane/svcplane/internal/netnsutil"
+	"github.com/svcplane/svcplane/internal/nstest"
 )
 
 // Replace puts every address on the link, over several chunks, tells
 // each outcome in order, and a refused one (a link that is gone) names
 // its errno.
 func TestReplace(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces: run `sudo make test`")
-	}
-	ns, err := netnsutil.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
+	ns := nstest.New(t)
 	var link netlink.Link
+	var err error
 	err = ns.Do(func() error {
 		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "d0"}}); err != nil {
 			return err
