@@ -224,27 +224,20 @@ func af(a netip.Addr) uint16 {
 // struct nlattr headers in native byte order, each attribute padded to 4
 // bytes, nested ones flagged NLA_F_NESTED.
 
-const nlaNested = 0x8000 // NLA_F_NESTED
-
-func appendAttrHeader(b []byte, typ uint16, n int) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+n))
-	return binary.NativeEndian.AppendUint16(b, typ)
-}
-
 func appendU16(b []byte, typ uint16, v uint16) []byte {
-	b = appendAttrHeader(b, typ, 2)
+	b = nlpipe.AttrHeader(b, typ, 2)
 	return append(binary.NativeEndian.AppendUint16(b, v), 0, 0)
 }
 
 func appendU32(b []byte, typ uint16, v uint32) []byte {
-	b = appendAttrHeader(b, typ, 4)
+	b = nlpipe.AttrHeader(b, typ, 4)
 	return binary.NativeEndian.AppendUint32(b, v)
 }
 
 // appendAddr appends a as union nf_inet_addr (16 bytes; an IPv4 address
 // in the first 4).
 func appendAddr(b []byte, typ uint16, a netip.Addr) []byte {
-	b = appendAttrHeader(b, typ, 16)
+	b = nlpipe.AttrHeader(b, typ, 16)
 	if a.Is4() {
 		a4 := a.As4()
 		return append(append(b, a4[:]...), make([]byte, 12)...)
@@ -255,7 +248,7 @@ func appendAddr(b []byte, typ uint16, a netip.Addr) []byte {
 
 // appendPort appends a port in network byte order, padded.
 func appendPort(b []byte, typ uint16, p uint16) []byte {
-	b = appendAttrHeader(b, typ, 2)
+	b = nlpipe.AttrHeader(b, typ, 2)
 	return append(binary.BigEndian.AppendUint16(b, p), 0, 0)
 }
 
@@ -263,7 +256,7 @@ func appendPort(b []byte, typ uint16, p uint16) []byte {
 // SET need beyond the key.
 func appendService(b []byte, s *Service, full bool) ([]byte, error) {
 	start := len(b)
-	b = appendAttrHeader(b, attrService|nlaNested, 0) // length set below
+	b = nlpipe.AttrHeader(b, attrService|unix.NLA_F_NESTED, 0) // length set below
 	b = appendU16(b, svcAF, af(s.Addr))
 	b = appendU16(b, svcProtocol, uint16(s.Protocol))
 	b = appendAddr(b, svcAddr, s.Addr)
@@ -271,19 +264,19 @@ func appendService(b []byte, s *Service, full bool) ([]byte, error) {
 	if full {
 		// The name, NUL-terminated, padded.
 		n := len(s.Scheduler) + 1
-		b = appendAttrHeader(b, svcSchedName, n)
+		b = nlpipe.AttrHeader(b, svcSchedName, n)
 		b = append(append(b, s.Scheduler...), 0)
 		for n%4 != 0 {
 			b = append(b, 0)
 			n++
 		}
 		// struct ip_vs_flags: the flags and the mask of those to set.
-		b = appendAttrHeader(b, svcFlags, 8)
+		b = nlpipe.AttrHeader(b, svcFlags, 8)
 		b = binary.NativeEndian.AppendUint32(b, s.Flags)
 		b = binary.NativeEndian.AppendUint32(b, 0xffffffff)
 		b = appendU32(b, svcTimeout, s.Timeout)
 		if s.Addr.Is4() {
-			b = appendAttrHeader(b, svcNetmask, 4)
+			b = nlpipe.AttrHeader(b, svcNetmask, 4)
 			b = append(b, 0xff, 0xff, 0xff, 0xff)
 		} else {
 			b = appendU32(b, svcNetmask, 128)
@@ -300,7 +293,7 @@ func appendService(b []byte, s *Service, full bool) ([]byte, error) {
 // appendDest appends the real server attribute.
 func appendDest(b []byte, d *Dest, full bool) []byte {
 	start := len(b)
-	b = appendAttrHeader(b, attrDest|nlaNested, 0) // length set below
+	b = nlpipe.AttrHeader(b, attrDest|unix.NLA_F_NESTED, 0) // length set below
 	b = appendAddr(b, destAddr, d.Addr)
 	b = appendPort(b, destPort, d.Port)
 	b = appendU16(b, destAddrFamily, af(d.Addr))

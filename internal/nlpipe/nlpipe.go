@@ -73,18 +73,16 @@ func End(buf []byte, start int) []byte {
 	return buf
 }
 
-// Append appends a request message to buf: its netlink header (type typ,
-// flags with NLM_F_REQUEST added), then body.
-func Append(buf []byte, typ uint16, flags netlink.HeaderFlags, body ...[]byte) []byte {
-	start := len(buf)
-	buf = Begin(buf, typ, flags)
-	for _, b := range body {
-		buf = append(buf, b...)
-	}
-	return End(buf, start)
+// AttrHeader appends the header of a netlink attribute (struct nlattr)
+// of type typ whose payload of n bytes follows; the caller pads the
+// payload to 4 bytes. For a nested attribute, n is 0 and the caller sets
+// the length when its members are in.
+func AttrHeader(buf []byte, typ uint16, n int) []byte {
+	buf = binary.NativeEndian.AppendUint16(buf, uint16(4+n))
+	return binary.NativeEndian.AppendUint16(buf, typ)
 }
 
-// Exchange sends buf, n requests (from Begin and End, or Append), in one
+// Exchange sends buf, n requests (from Begin and End), in one
 // sendmsg and returns their outcomes, in order: nil when the kernel
 // applied a request, else an error (an errno, or "no answer from the
 // kernel" wrapping the socket's error when it is not known).

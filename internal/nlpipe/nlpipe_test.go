@@ -22,8 +22,7 @@ func newAddr(buf []byte, a netip.Addr, index int) []byte {
 	buf = append(buf, unix.AF_INET, 32, 0, unix.RT_SCOPE_UNIVERSE)
 	buf = binary.NativeEndian.AppendUint32(buf, uint32(index))
 	a4 := a.As4()
-	buf = binary.NativeEndian.AppendUint16(buf, 8)
-	buf = binary.NativeEndian.AppendUint16(buf, unix.IFA_LOCAL)
+	buf = AttrHeader(buf, unix.IFA_LOCAL, 4)
 	buf = append(buf, a4[:]...)
 	return End(buf, start)
 }

@@ -95,8 +95,7 @@ func appendIfaddrmsg(b []byte, a netip.Addr, flags uint8, index int) []byte {
 // appendAttr appends a netlink attribute holding a's bytes (4 or 16: no
 // padding needed).
 func appendAttr(b []byte, typ uint16, a netip.Addr) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(4+a.BitLen()/8))
-	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = nlpipe.AttrHeader(b, typ, a.BitLen()/8)
 	if a.Is4() {
 		a4 := a.As4()
 		return append(b, a4[:]...)
